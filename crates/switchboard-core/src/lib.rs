@@ -1,0 +1,34 @@
+//! Switchboard's engine, free of HTTP, JWT, config files and network clients.
+//!
+//! # Layout
+//! - [`node`]: [`Node`], the façade the transport and the HTTP API call.
+//! - [`hub`]: the sharded channel → subscribers and user → clients indexes.
+//! - [`client`]: [`ClientHandle`] and its [`Outbox`], bounded by bytes.
+//! - [`namespace`]: per-namespace policy (publish, presence, history, subscribe rule).
+//! - [`broker`]: the [`Broker`] role and [`MemoryBroker`]; every publication
+//!   reaches local subscribers through [`BrokerEvents`], on one node as on many.
+//! - [`history`]: the [`HistoryStore`] role and [`MemoryHistory`].
+//! - [`presence`]: the [`PresenceStore`] role and [`MemoryPresence`].
+//! - [`metrics`]: every metric the node exports.
+//! - [`disconnect`]: why a client is closed, as a value.
+
+pub mod broker;
+pub mod client;
+pub mod disconnect;
+pub mod history;
+pub mod hub;
+pub mod metrics;
+pub mod namespace;
+pub mod node;
+pub mod presence;
+
+pub use broker::{Broker, BrokerError, BrokerEvents, MemoryBroker};
+pub use client::{ClientHandle, ClientInit, Out, Outbox, PushError};
+pub use disconnect::Disconnect;
+pub use history::{HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention};
+pub use hub::Hub;
+pub use metrics::Metrics;
+pub use namespace::{NamespacePolicy, Namespaces, SubscribeRule};
+pub use node::{CommandError, Node, NodeOptions, SubscribeOutcome};
+pub use presence::{MemoryPresence, PresenceEntry, PresenceStore};
+pub use switchboard_protocol as protocol;

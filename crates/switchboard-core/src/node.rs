@@ -1,0 +1,639 @@
+//! [`Node`]: the façade a transport and the HTTP API call. It owns the hub and
+//! the role implementations, and is the [`BrokerEvents`] sink of its broker.
+
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use switchboard_protocol::frame::{self, ErrorCode};
+use switchboard_protocol::{ChannelName, Op, Publication, StreamPosition};
+use tokio::time::Instant;
+
+use crate::broker::{Broker, BrokerError, BrokerEvents};
+use crate::client::{ClientHandle, ClientInit};
+use crate::disconnect::Disconnect;
+use crate::history::{HistoryQuery, HistoryRead};
+use crate::hub::{AddError, Hub};
+use crate::metrics::{CodeLabel, Metrics};
+use crate::namespace::Namespaces;
+use crate::presence::{PresenceEntry, PresenceStore};
+
+/// A node's settings, validated by whoever builds them.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub name: String,
+    pub namespaces: Namespaces,
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    pub max_channels_per_client: usize,
+    pub send_queue_max_bytes: usize,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    /// Extra time a token is honoured past its `exp`.
+    pub leeway: Duration,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        NodeOptions {
+            name: "n1".into(),
+            namespaces: Namespaces::default(),
+            max_connections: 100_000,
+            max_connections_per_user: 32,
+            max_channels_per_client: 128,
+            send_queue_max_bytes: 1 << 20,
+            ping_interval: Duration::from_secs(30),
+            ping_timeout: Duration::from_secs(10),
+            leeway: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A command's failure, as its error reply says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub code: ErrorCode,
+    pub message: Cow<'static, str>,
+}
+
+impl CommandError {
+    pub fn new(code: ErrorCode, message: impl Into<Cow<'static, str>>) -> Self {
+        CommandError {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn forbidden() -> Self {
+        // The same answer whether or not the channel exists.
+        Self::new(ErrorCode::Forbidden, "not allowed")
+    }
+}
+
+impl From<BrokerError> for CommandError {
+    fn from(e: BrokerError) -> Self {
+        tracing::warn!(error = %e, "broker request failed");
+        match e {
+            BrokerError::Unavailable(_) => {
+                CommandError::new(ErrorCode::Internal, "temporarily unavailable, retry")
+            }
+            BrokerError::History(_) => CommandError::new(ErrorCode::Internal, "history failed"),
+        }
+    }
+}
+
+/// What a subscribe did, for tests and the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscribeOutcome {
+    pub offset: u64,
+    pub epoch: String,
+    pub recovered: bool,
+    pub publications: usize,
+}
+
+pub struct Node {
+    pub opts: NodeOptions,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    broker: Arc<dyn Broker>,
+    presence: Arc<dyn PresenceStore>,
+    started: Instant,
+    next_key: AtomicU64,
+    me: Weak<Node>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("name", &self.opts.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The broker's way back into the node; weak so the node can be dropped.
+struct Events(Weak<Node>);
+
+impl BrokerEvents for Events {
+    fn on_publication(&self, publication: &Arc<Publication>) {
+        if let Some(node) = self.0.upgrade() {
+            node.deliver(&publication.channel, publication.frame(), true);
+        }
+    }
+
+    fn on_push(&self, channel: &ChannelName, frame: &Bytes) {
+        if let Some(node) = self.0.upgrade() {
+            node.deliver(channel, frame, false);
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Node {
+    pub fn new(
+        opts: NodeOptions,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+    ) -> Arc<Node> {
+        let node = Arc::new_cyclic(|weak: &Weak<Node>| Node {
+            opts,
+            hub: Hub::new(),
+            metrics: Metrics::default(),
+            broker: broker.clone(),
+            presence,
+            started: Instant::now(),
+            next_key: AtomicU64::new(1),
+            me: weak.clone(),
+        });
+        broker.bind(Arc::new(Events(Arc::downgrade(&node))));
+        node
+    }
+
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    /// Milliseconds since the node started: the clock of heartbeats.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn deliver(&self, channel: &ChannelName, frame: &Bytes, is_publication: bool) {
+        let start = std::time::Instant::now();
+        let out = self.hub.broadcast(channel, frame);
+        self.metrics.messages_out.inc_by(out.delivered as u64);
+        if is_publication {
+            self.metrics.publications.inc();
+            self.metrics
+                .fanout_seconds
+                .observe(start.elapsed().as_secs_f64());
+        }
+        if !out.overflowed.is_empty() {
+            self.metrics.slow_clients.inc_by(out.overflowed.len() as u64);
+            for client in out.overflowed {
+                self.metrics.dropped_deliveries.inc();
+                self.count_disconnect(Disconnect::SLOW);
+                tracing::info!(client = %client.id, user = %client.user, "closing slow consumer");
+                // Removal awaits presence; it must not run under the broker's lock.
+                if let Some(node) = self.me.upgrade() {
+                    tokio::spawn(async move { node.remove_client(&client).await });
+                }
+            }
+        }
+    }
+
+    fn count_disconnect(&self, d: Disconnect) {
+        self.metrics
+            .disconnects
+            .get_or_create(&CodeLabel { code: d.code })
+            .inc();
+    }
+
+    /// Whether a new client of `user` would fit now (checked before the upgrade;
+    /// [`Node::connect`] checks again).
+    pub fn admission(&self, user: &str) -> Result<(), AddError> {
+        if self.hub.connection_count() >= self.opts.max_connections {
+            return Err(AddError::NodeFull);
+        }
+        if self.hub.user_clients(user).len() >= self.opts.max_connections_per_user {
+            return Err(AddError::UserFull);
+        }
+        Ok(())
+    }
+
+    /// Registers a client: subscribes it to its personal channel and queues
+    /// the welcome frame.
+    pub fn connect(&self, init: ClientInit) -> Result<Arc<ClientHandle>, AddError> {
+        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let client = Arc::new(ClientHandle::new(
+            key,
+            init,
+            self.opts.send_queue_max_bytes,
+            self.now_ms(),
+        ));
+        self.hub.add_client(
+            &client,
+            self.opts.max_connections,
+            self.opts.max_connections_per_user,
+        )?;
+        self.metrics.connections.inc();
+        let _ = client.outbox.push(frame::welcome(
+            &client.id,
+            &client.user,
+            &self.opts.name,
+            self.opts.ping_interval.as_secs_f64(),
+        ));
+        if let Ok(personal) = ChannelName::personal(&client.user) {
+            client.subscriptions.lock().insert(personal.clone());
+            self.hub.subscribe(&personal, &client);
+            self.metrics.subscriptions.inc();
+        }
+        Ok(client)
+    }
+
+    /// Closes a client: its transport sends `reason` and ends; the client
+    /// leaves every index and presence now.
+    pub async fn close_client(&self, client: &Arc<ClientHandle>, reason: Disconnect) {
+        if client.outbox.close(reason) {
+            self.count_disconnect(reason);
+        }
+        self.remove_client(client).await;
+    }
+
+    /// Removes a client from every index and presence, with leave pushes.
+    /// Idempotent: the transport calls it when it ends, whoever closed it.
+    pub async fn remove_client(&self, client: &Arc<ClientHandle>) {
+        if client.removed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.hub.remove_client(client);
+        self.metrics.connections.dec();
+        let channels: Vec<ChannelName> = client.subscriptions.lock().drain().collect();
+        for channel in channels {
+            self.leave_channel(client, &channel).await;
+        }
+    }
+
+    async fn leave_channel(&self, client: &ClientHandle, channel: &ChannelName) {
+        if !self.hub.unsubscribe(channel, client) {
+            return;
+        }
+        self.metrics.subscriptions.dec();
+        let policy = self.opts.namespaces.policy(channel);
+        if policy.presence
+            && let Err(e) = self.presence.remove(channel, &client.id).await
+        {
+            tracing::warn!(error = %e, "presence remove failed");
+        }
+        if policy.join_leave {
+            let push = frame::leave(channel, &client.user, &client.id);
+            if let Err(e) = self.broker.push(channel, push).await {
+                tracing::warn!(error = %e, "leave push failed");
+            }
+        }
+    }
+
+    /// Handles one decoded command (all but `refresh`, which needs the
+    /// transport's token verifier) and queues its reply when it has an id.
+    pub async fn handle(&self, client: &Arc<ClientHandle>, id: Option<u64>, op: Op) {
+        let result = match op {
+            Op::Subscribe { channel, since } => {
+                // The reply is queued by subscribe itself, in order with pushes.
+                match self.subscribe(client, id, &channel, since).await {
+                    Ok(_) => return,
+                    Err(e) => Err(e),
+                }
+            }
+            Op::Unsubscribe { channel } => {
+                if client.subscriptions.lock().remove(&channel) {
+                    self.leave_channel(client, &channel).await;
+                }
+                Ok(Bytes::from_static(b"{}"))
+            }
+            Op::Publish { channel, data } => self
+                .client_publish(client, &channel, Bytes::from(data.into_boxed_bytes()))
+                .await
+                .and_then(|pos| json(&pos)),
+            Op::Presence { channel } => self.client_presence(client, &channel).await,
+            Op::History {
+                channel,
+                since,
+                limit,
+            } => self.client_history(client, &channel, since, limit).await,
+            Op::Ping => {
+                let _ = client.outbox.push(frame::pong(id));
+                return;
+            }
+            Op::Refresh { .. } => Err(CommandError::new(
+                ErrorCode::Internal,
+                "refresh is handled by the transport",
+            )),
+        };
+        self.reply(client, id, result);
+    }
+
+    /// Queues a reply when the command had an id.
+    pub fn reply(&self, client: &ClientHandle, id: Option<u64>, result: Result<Bytes, CommandError>) {
+        if id.is_none() {
+            return;
+        }
+        let bytes = match result {
+            Ok(r) => frame::ok_reply(id, &r),
+            Err(e) => frame::error_reply(id, e.code, &e.message),
+        };
+        let _ = client.outbox.push(bytes);
+    }
+
+    /// Joins `channel`, recovering from `since`, and queues the reply (when `id`
+    /// is set) before any publication that follows the recovered ones.
+    pub async fn subscribe(
+        &self,
+        client: &Arc<ClientHandle>,
+        id: Option<u64>,
+        channel: &ChannelName,
+        since: Option<StreamPosition>,
+    ) -> Result<SubscribeOutcome, CommandError> {
+        let ns = &self.opts.namespaces;
+        if !ns.may_subscribe(channel, &client.user, &client.channels_claim) {
+            return Err(CommandError::forbidden());
+        }
+        let already = client.is_subscribed(channel);
+        if !already && client.subscription_count() >= self.opts.max_channels_per_client {
+            return Err(CommandError::new(
+                ErrorCode::LimitExceeded,
+                "too many channels on this connection",
+            ));
+        }
+        let policy = ns.policy(channel);
+        if policy.presence && !already {
+            let entry = PresenceEntry {
+                user: client.user.to_string(),
+                client: client.id.to_string(),
+                info: client
+                    .info
+                    .as_deref()
+                    .and_then(|i| serde_json::from_str(i).ok())
+                    .unwrap_or(serde_json::Value::Null),
+                node: self.opts.name.clone(),
+            };
+            if let Err(e) = self.presence.add(channel, entry).await {
+                tracing::warn!(error = %e, "presence add failed");
+                return Err(CommandError::new(ErrorCode::Internal, "presence failed"));
+            }
+        }
+        let outcome = Arc::new(parking_lot::Mutex::new(None));
+        let on_join = {
+            let client = client.clone();
+            let channel = channel.clone();
+            let outcome = outcome.clone();
+            let hub_add = self.hub_subscriber(&client, &channel);
+            Box::new(move |read: &HistoryRead| {
+                hub_add();
+                if id.is_some() {
+                    let _ = client.outbox.push(frame::ok_reply(id, &subscribe_result(read)));
+                }
+                *outcome.lock() = Some(SubscribeOutcome {
+                    offset: read.offset,
+                    epoch: read.epoch.to_string(),
+                    recovered: read.recovered,
+                    publications: read.publications.len(),
+                });
+            })
+        };
+        if let Err(e) = self
+            .broker
+            .join(channel, since, policy.retention(), on_join)
+            .await
+        {
+            if policy.presence && !already {
+                let _ = self.presence.remove(channel, &client.id).await;
+            }
+            return Err(e.into());
+        }
+        if !already {
+            client.subscriptions.lock().insert(channel.clone());
+            self.metrics.subscriptions.inc();
+            if policy.join_leave {
+                let push = frame::join(channel, &client.user, &client.id, client.info.as_deref());
+                if let Err(e) = self.broker.push(channel, push).await {
+                    tracing::warn!(error = %e, "join push failed");
+                }
+            }
+        }
+        let outcome = outcome.lock().take();
+        let outcome = outcome.unwrap_or(SubscribeOutcome {
+            offset: 0,
+            epoch: String::new(),
+            recovered: false,
+            publications: 0,
+        });
+        self.metrics
+            .publications_recovered
+            .inc_by(outcome.publications as u64);
+        Ok(outcome)
+    }
+
+    fn hub_subscriber(
+        &self,
+        client: &Arc<ClientHandle>,
+        channel: &ChannelName,
+    ) -> impl FnOnce() + Send + 'static {
+        let me = self.me.clone();
+        let client = client.clone();
+        let channel = channel.clone();
+        move || {
+            if let Some(node) = me.upgrade()
+                && !client.is_removed()
+            {
+                node.hub.subscribe(&channel, &client);
+            }
+        }
+    }
+
+    async fn client_publish(
+        &self,
+        client: &ClientHandle,
+        channel: &ChannelName,
+        data: Bytes,
+    ) -> Result<StreamPosition, CommandError> {
+        if !self.opts.namespaces.may_publish(channel) {
+            return Err(CommandError::forbidden());
+        }
+        self.publish(channel, data, Some(client.user.clone())).await
+    }
+
+    /// Publishes to `channel`: stored, then delivered on every node.
+    pub async fn publish(
+        &self,
+        channel: &ChannelName,
+        data: Bytes,
+        from: Option<Arc<str>>,
+    ) -> Result<StreamPosition, CommandError> {
+        let retention = self.opts.namespaces.policy(channel).retention();
+        let pos = self.broker.publish(channel, data, from, retention).await?;
+        if !retention.keeps_nothing() {
+            self.metrics.publications_stored.inc();
+        }
+        Ok(pos)
+    }
+
+    async fn client_presence(
+        &self,
+        client: &ClientHandle,
+        channel: &ChannelName,
+    ) -> Result<Bytes, CommandError> {
+        let ns = &self.opts.namespaces;
+        if !ns.policy(channel).presence
+            || !ns.may_subscribe(channel, &client.user, &client.channels_claim)
+        {
+            return Err(CommandError::forbidden());
+        }
+        let clients = self.presence(channel).await?;
+        json(&serde_json::json!({ "clients": clients }))
+    }
+
+    /// Who is in `channel` now.
+    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, CommandError> {
+        self.presence.get(channel).await.map_err(|e| {
+            tracing::warn!(error = %e, "presence read failed");
+            CommandError::new(ErrorCode::Internal, "presence failed")
+        })
+    }
+
+    async fn client_history(
+        &self,
+        client: &ClientHandle,
+        channel: &ChannelName,
+        since: Option<StreamPosition>,
+        limit: Option<usize>,
+    ) -> Result<Bytes, CommandError> {
+        let ns = &self.opts.namespaces;
+        if ns.policy(channel).retention().keeps_nothing()
+            || !ns.may_subscribe(channel, &client.user, &client.channels_claim)
+        {
+            return Err(CommandError::forbidden());
+        }
+        let read = self.history(channel, HistoryQuery { since, limit }).await?;
+        Ok(history_result(&read))
+    }
+
+    /// Stored publications of `channel`.
+    pub async fn history(
+        &self,
+        channel: &ChannelName,
+        query: HistoryQuery,
+    ) -> Result<HistoryRead, CommandError> {
+        let retention = self.opts.namespaces.policy(channel).retention();
+        Ok(self.broker.history(channel, &query, retention).await?)
+    }
+
+    /// Closes every connection of `user` on this node; returns how many.
+    pub async fn disconnect_user(&self, user: &str, reason: Disconnect) -> usize {
+        let clients = self.hub.user_clients(user);
+        for c in &clients {
+            self.close_client(c, reason).await;
+        }
+        clients.len()
+    }
+
+    /// Closes every client with `reason` (shutdown and drain).
+    pub async fn close_all(&self, reason: Disconnect) {
+        for c in self.hub.clients() {
+            self.close_client(&c, reason).await;
+        }
+    }
+
+    /// One heartbeat pass: pings idle clients, reaps silent ones and closes
+    /// those whose token expired. Returns the clients it closed.
+    pub async fn heartbeat(&self, expire_connections: bool) -> usize {
+        let now = self.now_ms();
+        let interval = self.opts.ping_interval.as_millis() as u64;
+        let deadline = interval + self.opts.ping_timeout.as_millis() as u64;
+        let unix = unix_now();
+        let leeway = self.opts.leeway.as_secs();
+        let mut to_close = Vec::new();
+        for shard in 0..self.hub.shard_count() {
+            self.hub.for_each_client_in_shard(shard, |c| {
+                let seen = c.last_seen_ms.load(Ordering::Relaxed);
+                let idle = now.saturating_sub(seen);
+                if idle >= deadline {
+                    to_close.push((c.clone(), Disconnect::STALE));
+                    return;
+                }
+                if expire_connections {
+                    let exp = c.expires_at.load(Ordering::Relaxed);
+                    if exp != 0 && unix > exp.saturating_add(leeway) {
+                        to_close.push((c.clone(), Disconnect::EXPIRED));
+                        return;
+                    }
+                }
+                let pinged = c.last_ping_ms.load(Ordering::Relaxed);
+                if idle >= interval && now.saturating_sub(pinged) >= interval {
+                    c.last_ping_ms.store(now, Ordering::Relaxed);
+                    c.outbox.push_ping();
+                }
+            });
+        }
+        let n = to_close.len();
+        for (c, reason) in to_close {
+            if reason == Disconnect::STALE {
+                self.metrics.reaped.inc();
+                tracing::info!(client = %c.id, user = %c.user, "reaping client: no heartbeat");
+            }
+            self.close_client(&c, reason).await;
+        }
+        n
+    }
+
+    /// Runs heartbeat passes until the node is dropped. The tick is a tenth
+    /// of `ping_interval + ping_timeout` (at most 1 s, at least 10 ms), so a
+    /// silent client is closed within that bound plus one tick; there is one
+    /// timer for the whole node, none per client.
+    pub async fn run_heartbeats(self: Arc<Self>, expire_connections: bool) {
+        let tick = self.heartbeat_tick();
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sweep_at = Instant::now() + Duration::from_secs(60);
+        loop {
+            ticker.tick().await;
+            self.heartbeat(expire_connections).await;
+            if Instant::now() >= sweep_at {
+                self.broker.sweep(Duration::from_secs(300));
+                sweep_at = Instant::now() + Duration::from_secs(60);
+            }
+        }
+    }
+
+    pub fn heartbeat_tick(&self) -> Duration {
+        ((self.opts.ping_interval + self.opts.ping_timeout) / 10)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<Bytes, CommandError> {
+    serde_json::to_vec(v)
+        .map(Bytes::from)
+        .map_err(|_| CommandError::new(ErrorCode::Internal, "could not encode the result"))
+}
+
+/// `{"offset","epoch","recovered","publications"}` of a subscribe reply.
+pub fn subscribe_result(read: &HistoryRead) -> Bytes {
+    let mut out = BytesMut::with_capacity(96);
+    out.put_slice(b"{\"offset\":");
+    out.put_slice(read.offset.to_string().as_bytes());
+    out.put_slice(b",\"epoch\":");
+    out.put_slice(&json_str(&read.epoch));
+    out.put_slice(b",\"recovered\":");
+    out.put_slice(if read.recovered { b"true" } else { b"false" });
+    out.put_slice(b",\"publications\":");
+    frame::write_publications(&mut out, &read.publications);
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+/// `{"publications","offset","epoch"}` of a history reply or API answer.
+pub fn history_result(read: &HistoryRead) -> Bytes {
+    let mut out = BytesMut::with_capacity(96);
+    out.put_slice(b"{\"publications\":");
+    frame::write_publications(&mut out, &read.publications);
+    out.put_slice(b",\"offset\":");
+    out.put_slice(read.offset.to_string().as_bytes());
+    out.put_slice(b",\"epoch\":");
+    out.put_slice(&json_str(&read.epoch));
+    out.put_u8(b'}');
+    out.freeze()
+}
+
+fn json_str(s: &str) -> Vec<u8> {
+    serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
+}

@@ -1,0 +1,750 @@
+//! Configuration (PROTOCOL §8): documented defaults ← TOML file ← environment
+//! (`SWITCHBOARD_<SECTION>_<KEY>`), validated once, every problem reported at
+//! once with the key it concerns.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use switchboard_core::{NamespacePolicy, SubscribeRule};
+use switchboard_protocol::ChannelName;
+
+/// A duration written as `"500ms"`, `"30s"`, `"10m"` or `"1h"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    pub const fn secs(s: u64) -> Self {
+        Dur(Duration::from_secs(s))
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a duration such as \"500ms\", \"30s\" or \"10m\""))?;
+        let factor = match unit.trim() {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            "" if n == 0.0 => 0.0,
+            _ => {
+                return Err(format!(
+                    "`{s}` has no known unit (use ms, s, m or h, as in \"30s\")"
+                ));
+            }
+        };
+        let secs = n * factor;
+        if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
+            return Err(format!("`{s}` is out of range"));
+        }
+        Ok(Dur(Duration::from_secs_f64(secs)))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms == 0 {
+            write!(f, "0s")
+        } else if ms.is_multiple_of(3_600_000) {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms.is_multiple_of(60_000) {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for Dur {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Dur::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The whole configuration. Every field has a default; see
+/// `config/switchboard.example.toml` for each key's meaning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address to listen on; port 0 picks a free port.
+    pub listen: String,
+    /// This node's name, shown in welcome frames and presence.
+    pub node_name: String,
+    /// When set, a non-JSON text frame is published to this channel as `{"text": ...}`.
+    pub text_channel: String,
+    /// How long a shutdown waits for clients to take their close frame.
+    pub shutdown_timeout: Dur,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub ws: WsConfig,
+    pub limits: LimitsConfig,
+    pub broker: BrokerConfig,
+    pub presence: PresenceConfig,
+    pub history: HistoryConfig,
+    pub log: LogConfig,
+    pub namespaces: Vec<NamespaceConfig>,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HMAC secret for HS256/384/512 tokens.
+    pub hmac_secret: String,
+    /// PEM public key (RSA, EC or Ed25519) for RS*/PS*/ES*/EdDSA tokens.
+    pub public_key_file: String,
+    /// Required `aud`; empty: not checked.
+    pub audience: String,
+    /// Required `iss`; empty: not checked.
+    pub issuer: String,
+    pub leeway: Dur,
+    pub cookie_name: String,
+    /// Close a connection with 1008 when its token expires, unless refreshed.
+    pub expire_connections: bool,
+    /// Refuse tokens without `exp`.
+    pub require_exp: bool,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("hmac_secret", &redact(&self.hmac_secret))
+            .field("public_key_file", &self.public_key_file)
+            .field("audience", &self.audience)
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .field("cookie_name", &self.cookie_name)
+            .field("expire_connections", &self.expire_connections)
+            .field("require_exp", &self.require_exp)
+            .finish()
+    }
+}
+
+fn redact(s: &str) -> &'static str {
+    if s.is_empty() { "" } else { "<redacted>" }
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer key for `/api/*`.
+    pub key: String,
+    /// Largest request body accepted on `/api/*`, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("key", &redact(&self.key))
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WsConfig {
+    /// Allowed `Origin` values, exact or `https://*.example.com`; empty: any.
+    pub allowed_origins: Vec<String>,
+    pub ping_interval: Dur,
+    pub ping_timeout: Dur,
+    pub handshake_timeout: Dur,
+    /// Largest frame or message a client may send, in bytes.
+    pub max_message_size: usize,
+    /// Bytes queued for one client before it is closed 1013.
+    pub send_queue_max_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_connections: usize,
+    pub max_connections_per_user: usize,
+    /// Per connection; bursts up to twice that.
+    pub messages_per_second: u32,
+    pub max_channels_per_client: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `memory` (one node).
+    pub kind: String,
+    pub redis_url: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    pub ttl: Dur,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// `memory`.
+    pub store: String,
+    pub path: String,
+    pub sync: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NamespaceConfig {
+    pub name: String,
+    pub publish: bool,
+    pub presence: bool,
+    pub join_leave: bool,
+    pub history_size: usize,
+    pub history_ttl: Dur,
+    /// `any` or `claims`.
+    pub subscribe: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".into(),
+            node_name: "n1".into(),
+            text_channel: String::new(),
+            shutdown_timeout: Dur::secs(10),
+            auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            ws: WsConfig::default(),
+            limits: LimitsConfig::default(),
+            broker: BrokerConfig::default(),
+            presence: PresenceConfig::default(),
+            history: HistoryConfig::default(),
+            log: LogConfig::default(),
+            namespaces: Vec::new(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            hmac_secret: String::new(),
+            public_key_file: String::new(),
+            audience: String::new(),
+            issuer: String::new(),
+            leeway: Dur::secs(5),
+            cookie_name: "sb_token".into(),
+            expire_connections: false,
+            require_exp: true,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            key: String::new(),
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            allowed_origins: Vec::new(),
+            ping_interval: Dur::secs(30),
+            ping_timeout: Dur::secs(10),
+            handshake_timeout: Dur::secs(10),
+            max_message_size: 65536,
+            send_queue_max_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 100_000,
+            max_connections_per_user: 32,
+            messages_per_second: 50,
+            max_channels_per_client: 128,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            kind: "memory".into(),
+            redis_url: "redis://127.0.0.1:6379".into(),
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig { ttl: Dur::secs(60) }
+    }
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            store: "memory".into(),
+            path: "data/history.db".into(),
+            sync: "always".into(),
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+        }
+    }
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        NamespaceConfig {
+            name: String::new(),
+            publish: false,
+            presence: false,
+            join_leave: false,
+            history_size: 0,
+            history_ttl: Dur::secs(0),
+            subscribe: "any".into(),
+        }
+    }
+}
+
+/// A config that cannot be used; the message names every bad key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+const SECTIONS: &[&str] = &[
+    "auth", "api", "ws", "limits", "broker", "presence", "history", "log",
+];
+
+/// Maps `SWITCHBOARD_AUTH_HMAC_SECRET` to `("auth", "hmac_secret")` and
+/// `SWITCHBOARD_NODE_NAME` to `("", "node_name")`.
+fn env_key(var: &str) -> Option<(&'static str, String)> {
+    let rest = var.strip_prefix("SWITCHBOARD_")?.to_ascii_lowercase();
+    for s in SECTIONS {
+        if let Some(key) = rest.strip_prefix(&format!("{s}_")) {
+            return Some((s, key.to_string()));
+        }
+    }
+    Some(("", rest))
+}
+
+fn env_value(raw: &str, like: &toml::Value) -> Result<toml::Value, String> {
+    Ok(match like {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Integer(_) => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("`{raw}` is not a whole number"))?,
+        ),
+        toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" => true,
+            "false" | "0" => false,
+            _ => return Err(format!("`{raw}` is not true or false")),
+        }),
+        toml::Value::Array(_) => {
+            let t = raw.trim();
+            if t.starts_with('[') {
+                let doc: toml::Table = toml::from_str(&format!("v = {t}"))
+                    .map_err(|e| format!("`{raw}` is not a TOML array: {e}"))?;
+                doc.get("v").cloned().unwrap_or(toml::Value::Array(vec![]))
+            } else {
+                toml::Value::Array(
+                    t.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| toml::Value::String(s.to_string()))
+                        .collect(),
+                )
+            }
+        }
+        _ => return Err("this key cannot be set from the environment".into()),
+    })
+}
+
+impl Config {
+    /// Loads defaults, then `file` (when given), then the `SWITCHBOARD_*`
+    /// variables of `env`, then validates. Unknown environment names are
+    /// returned as warnings, not errors: other tools share the prefix.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let mut table: toml::Table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read config file {}: {e}", path.display()))
+                })?;
+                // Parse once as Config for precise messages (line, key) ...
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+            }
+            None => toml::Table::new(),
+        };
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError(format!("internal: defaults do not serialize: {e}")))?;
+        let mut warnings = Vec::new();
+        let mut errors = Vec::new();
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("SWITCHBOARD_"))
+            .collect();
+        vars.sort();
+        for (var, raw) in vars {
+            let Some((section, key)) = env_key(&var) else {
+                continue;
+            };
+            let like = if section.is_empty() {
+                defaults.get(&key)
+            } else {
+                defaults
+                    .get(section)
+                    .and_then(|s| s.as_table())
+                    .and_then(|t| t.get(&key))
+            };
+            let Some(like) = like.filter(|v| !v.is_table()) else {
+                warnings.push(format!("{var}: names no config key; ignored"));
+                continue;
+            };
+            let value = match env_value(&raw, like) {
+                Ok(v) => v,
+                Err(e) => {
+                    let name = if section.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{section}.{key}")
+                    };
+                    errors.push(format!("{name} (from {var}): {e}"));
+                    continue;
+                }
+            };
+            if section.is_empty() {
+                table.insert(key, value);
+            } else {
+                let entry = table
+                    .entry(section.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                if let Some(t) = entry.as_table_mut() {
+                    t.insert(key, value);
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ConfigError(errors.join("\n")));
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| ConfigError(format!("config: {e}")))?;
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// Reports every problem at once, each naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs: Vec<String> = Vec::new();
+        if self.listen.parse::<SocketAddr>().is_err() {
+            errs.push(format!(
+                "listen: `{}` is not an address such as \"127.0.0.1:8000\"",
+                self.listen
+            ));
+        }
+        if self.node_name.is_empty() {
+            errs.push("node_name: must not be empty".into());
+        }
+        if !self.text_channel.is_empty() && ChannelName::parse(&self.text_channel).is_err() {
+            errs.push(format!(
+                "text_channel: `{}` is not a valid channel name",
+                self.text_channel
+            ));
+        }
+        if self.auth.hmac_secret.is_empty() && self.auth.public_key_file.is_empty() {
+            errs.push("auth.hmac_secret: a secret (or auth.public_key_file) is required".into());
+        }
+        if !self.auth.hmac_secret.is_empty() && self.auth.hmac_secret.len() < 16 {
+            errs.push("auth.hmac_secret: must be at least 16 bytes".into());
+        }
+        if !self.auth.public_key_file.is_empty() && !Path::new(&self.auth.public_key_file).exists()
+        {
+            errs.push(format!(
+                "auth.public_key_file: `{}` does not exist",
+                self.auth.public_key_file
+            ));
+        }
+        if self.auth.cookie_name.is_empty() {
+            errs.push("auth.cookie_name: must not be empty".into());
+        }
+        if self.api.key.is_empty() {
+            errs.push("api.key: an API key is required".into());
+        }
+        if self.api.max_body_bytes == 0 {
+            errs.push("api.max_body_bytes: must be above 0".into());
+        }
+        for o in &self.ws.allowed_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) {
+                errs.push(format!(
+                    "ws.allowed_origins: `{o}` must start with http:// or https://"
+                ));
+            }
+        }
+        if self.ws.ping_interval.0.is_zero() {
+            errs.push("ws.ping_interval: must be above 0".into());
+        }
+        if self.ws.ping_timeout.0.is_zero() {
+            errs.push("ws.ping_timeout: must be above 0".into());
+        }
+        if self.ws.handshake_timeout.0.is_zero() {
+            errs.push("ws.handshake_timeout: must be above 0".into());
+        }
+        if self.ws.max_message_size < 128 {
+            errs.push("ws.max_message_size: must be at least 128".into());
+        }
+        if self.ws.send_queue_max_bytes < 1024 {
+            errs.push("ws.send_queue_max_bytes: must be at least 1024".into());
+        }
+        if self.limits.max_connections == 0 {
+            errs.push("limits.max_connections: must be above 0".into());
+        }
+        if self.limits.max_connections_per_user == 0 {
+            errs.push("limits.max_connections_per_user: must be above 0".into());
+        }
+        if self.limits.messages_per_second == 0 {
+            errs.push("limits.messages_per_second: must be above 0".into());
+        }
+        if self.broker.kind != "memory" {
+            errs.push(format!(
+                "broker.kind: `{}` is not available in this build (use \"memory\")",
+                self.broker.kind
+            ));
+        }
+        if self.history.store != "memory" {
+            errs.push(format!(
+                "history.store: `{}` is not available in this build (use \"memory\")",
+                self.history.store
+            ));
+        }
+        if !matches!(self.history.sync.as_str(), "always" | "batch") {
+            errs.push(format!(
+                "history.sync: `{}` must be \"always\" or \"batch\"",
+                self.history.sync
+            ));
+        }
+        if !matches!(
+            self.log.level.as_str(),
+            "error" | "warn" | "info" | "debug" | "trace"
+        ) {
+            errs.push(format!(
+                "log.level: `{}` must be error, warn, info, debug or trace",
+                self.log.level
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            if !seen.insert(ns.name.as_str()) {
+                errs.push(format!("namespaces[{i}].name: `{}` appears twice", ns.name));
+            }
+            if !ns.name.is_empty()
+                && (ns.name.contains(':') || ChannelName::parse(&ns.name).is_err())
+            {
+                errs.push(format!(
+                    "namespaces[{i}].name: `{}` is not a valid namespace",
+                    ns.name
+                ));
+            }
+            if !matches!(ns.subscribe.as_str(), "any" | "claims") {
+                errs.push(format!(
+                    "namespaces[{i}].subscribe: `{}` must be \"any\" or \"claims\"",
+                    ns.subscribe
+                ));
+            }
+            if ns.history_size > 0 && ns.history_ttl.0.is_zero() {
+                errs.push(format!(
+                    "namespaces[{i}].history_ttl: must be above 0 when history_size is set"
+                ));
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errs.join("\n")))
+        }
+    }
+
+    /// The namespaces as the engine takes them.
+    pub fn namespace_policies(&self) -> Vec<NamespacePolicy> {
+        self.namespaces
+            .iter()
+            .map(|n| NamespacePolicy {
+                name: n.name.clone(),
+                publish: n.publish,
+                presence: n.presence,
+                join_leave: n.join_leave,
+                history_size: n.history_size,
+                history_ttl: n.history_ttl.0,
+                subscribe: if n.subscribe == "claims" {
+                    SubscribeRule::Claims
+                } else {
+                    SubscribeRule::Any
+                },
+            })
+            .collect()
+    }
+
+    /// The development-mode additions: a `chat` namespace for the demo page and
+    /// a `user` namespace with an inbox.
+    pub fn with_dev_namespaces(mut self) -> Self {
+        if self.namespaces.is_empty() {
+            self.namespaces = vec![
+                NamespaceConfig {
+                    name: "chat".into(),
+                    publish: true,
+                    presence: true,
+                    join_leave: true,
+                    history_size: 100,
+                    history_ttl: Dur::secs(600),
+                    subscribe: "any".into(),
+                },
+                NamespaceConfig {
+                    name: "user".into(),
+                    history_size: 100,
+                    history_ttl: Dur::secs(3600),
+                    ..Default::default()
+                },
+            ];
+        }
+        self
+    }
+
+    /// The config as TOML with secrets replaced, for the start-up log.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        if !c.auth.hmac_secret.is_empty() {
+            c.auth.hmac_secret = "<redacted>".into();
+        }
+        if !c.api.key.is_empty() {
+            c.api.key = "<redacted>".into();
+        }
+        toml::to_string(&c).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    const OK: &[(&str, &str)] = &[
+        ("SWITCHBOARD_AUTH_HMAC_SECRET", "0123456789abcdef0123"),
+        ("SWITCHBOARD_API_KEY", "key"),
+    ];
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(Dur::parse("500ms"), Ok(Dur(Duration::from_millis(500))));
+        assert_eq!(Dur::parse("10m"), Ok(Dur::secs(600)));
+        assert_eq!(Dur::parse("1.5s"), Ok(Dur(Duration::from_millis(1500))));
+        assert!(Dur::parse("10").is_err());
+        assert!(Dur::parse("abc").is_err());
+        assert!(Dur::parse("-1s").is_err());
+        assert_eq!(Dur::secs(600).to_string(), "10m");
+        assert_eq!(Dur(Duration::from_millis(1500)).to_string(), "1500ms");
+    }
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let mut e = env(OK);
+        e.extend(env(&[
+            ("SWITCHBOARD_NODE_NAME", "n7"),
+            ("SWITCHBOARD_WS_PING_INTERVAL", "2s"),
+            ("SWITCHBOARD_LIMITS_MAX_CONNECTIONS", "10"),
+            ("SWITCHBOARD_WS_ALLOWED_ORIGINS", "http://a.com, https://*.b.com"),
+            ("SWITCHBOARD_SOMETHING_ELSE", "x"),
+        ]));
+        let (c, warnings) = Config::load(None, e).expect("valid");
+        assert_eq!(c.node_name, "n7");
+        assert_eq!(c.ws.ping_interval, Dur::secs(2));
+        assert_eq!(c.limits.max_connections, 10);
+        assert_eq!(c.ws.allowed_origins.len(), 2);
+        assert_eq!(warnings.len(), 1);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_LIMITS_MAX_CONNECTIONS".into(), "many".into()));
+        let err = Config::load(None, e).expect_err("invalid").0;
+        assert!(err.contains("limits.max_connections"), "{err}");
+        let err = Config::load(None, env(&[])).expect_err("invalid").0;
+        assert!(err.contains("auth.hmac_secret") && err.contains("api.key"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_file_stop_the_start() {
+        let dir = std::env::temp_dir().join(format!("sb-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let f = dir.join("c.toml");
+        std::fs::write(&f, "[ws]\nping_intervall = \"1s\"\n").expect("write");
+        let err = Config::load(Some(&f), env(OK)).expect_err("invalid").0;
+        assert!(err.contains("ping_intervall"), "{err}");
+        std::fs::write(&f, "[ws]\nping_interval = \"soon\"\n").expect("write");
+        let err = Config::load(Some(&f), env(OK)).expect_err("invalid").0;
+        assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn the_example_file_equals_the_defaults() {
+        let text = include_str!("../../../config/switchboard.example.toml");
+        let parsed: Config = toml::from_str(text).expect("example parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn redacted_toml_hides_secrets() {
+        let mut c = Config::default();
+        c.auth.hmac_secret = "supersecretvalue!".into();
+        c.api.key = "apikey-123".into();
+        let t = c.redacted_toml();
+        assert!(!t.contains("supersecretvalue") && !t.contains("apikey-123"));
+        assert!(!format!("{c:?}").contains("supersecretvalue"));
+    }
+}

@@ -1,0 +1,237 @@
+//! The server API for backends (PROTOCOL §5). Every call needs the API key;
+//! malformed bodies get 400 and change nothing.
+
+// Handlers answer with a ready `Response` on every early exit; boxing it
+// would only add an allocation to each error path.
+#![allow(clippy::result_large_err)]
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::StatusCode;
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use switchboard_core::{CommandError, Disconnect, HistoryQuery};
+use switchboard_core::node::history_result;
+use switchboard_protocol::{ChannelName, ErrorCode, StreamPosition};
+
+use super::{SharedState, error, json_response, unavailable};
+use crate::auth::api_key_matches;
+
+pub async fn require_api_key(State(st): State<SharedState>, req: Request, next: Next) -> Response {
+    if !api_key_matches(req.headers(), &st.cfg.api.key) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or wrong API key (Authorization: Bearer <key>)",
+        );
+    }
+    next.run(req).await
+}
+
+pub async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "bad_request",
+        "method not allowed on this endpoint",
+    )
+}
+
+async fn read_json<T: for<'a> Deserialize<'a>>(body: Body, limit: usize) -> Result<T, Response> {
+    let limited = http_body_util::Limited::new(body, limit);
+    let bytes: Bytes = match limited.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "request body is too large",
+            ));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &format!("body is not the expected JSON: {e}"),
+        )
+    })
+}
+
+fn parse_channel(name: &str) -> Result<ChannelName, Response> {
+    ChannelName::parse(name).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
+}
+
+fn command_error(e: CommandError) -> Response {
+    match e.code {
+        ErrorCode::Internal | ErrorCode::Unavailable => {
+            unavailable("unavailable", &e.message, 1)
+        }
+        ErrorCode::Forbidden => error(StatusCode::FORBIDDEN, "forbidden", &e.message),
+        ErrorCode::NotFound => error(StatusCode::NOT_FOUND, "not_found", &e.message),
+        _ => error(StatusCode::BAD_REQUEST, e.code.as_str(), &e.message),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+fn raw_bytes(v: Box<RawValue>) -> Bytes {
+    let s: Box<str> = v.into();
+    Bytes::from(s.into_boxed_bytes())
+}
+
+fn position_json(pos: &StreamPosition) -> serde_json::Value {
+    serde_json::json!({"offset": pos.offset, "epoch": pos.epoch})
+}
+
+pub async fn publish(State(st): State<SharedState>, req: Request) -> Response {
+    let body: PublishBody = match read_json(req.into_body(), st.cfg.api.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let channel = match parse_channel(&body.channel) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match st.node.publish(&channel, raw_bytes(body.data), None).await {
+        Ok(pos) => json_response(StatusCode::OK, position_json(&pos).to_string()),
+        Err(e) => command_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BroadcastBody {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+}
+
+pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response {
+    let body: BroadcastBody = match read_json(req.into_body(), st.cfg.api.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    // Every name is checked before anything is published.
+    let mut channels = Vec::with_capacity(body.channels.len());
+    for c in &body.channels {
+        match parse_channel(c) {
+            Ok(c) => channels.push(c),
+            Err(r) => return r,
+        }
+    }
+    let data = raw_bytes(body.data);
+    let mut results = Vec::with_capacity(channels.len());
+    for channel in channels {
+        match st.node.publish(&channel, data.clone(), None).await {
+            Ok(pos) => results.push(serde_json::json!({
+                "channel": channel.as_str(), "offset": pos.offset, "epoch": pos.epoch
+            })),
+            Err(e) => return command_error(e),
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "results": results }).to_string(),
+    )
+}
+
+pub async fn presence(State(st): State<SharedState>, Path(channel): Path<String>) -> Response {
+    let channel = match parse_channel(&channel) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match st.node.presence(&channel).await {
+        Ok(clients) => json_response(
+            StatusCode::OK,
+            serde_json::json!({ "clients": clients }).to_string(),
+        ),
+        Err(e) => command_error(e),
+    }
+}
+
+pub async fn online(State(st): State<SharedState>) -> Response {
+    let mut users: Vec<String> = st.node.hub.users().iter().map(|u| u.to_string()).collect();
+    users.sort();
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "count": users.len(), "users": users }).to_string(),
+    )
+}
+
+#[derive(Deserialize)]
+pub struct HistoryParams {
+    since_offset: Option<String>,
+    epoch: Option<String>,
+    limit: Option<String>,
+}
+
+pub async fn history(
+    State(st): State<SharedState>,
+    Path(channel): Path<String>,
+    Query(q): Query<HistoryParams>,
+) -> Response {
+    let channel = match parse_channel(&channel) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
+    let limit = match q.limit.as_deref().map(str::parse::<usize>) {
+        None => None,
+        Some(Ok(l)) => Some(l),
+        Some(Err(_)) => return bad("limit must be a whole number"),
+    };
+    let since = match (q.since_offset.as_deref(), q.epoch) {
+        (None, _) => None,
+        (Some(o), epoch) => match o.parse::<u64>() {
+            Ok(offset) => Some(StreamPosition {
+                offset,
+                epoch: epoch.unwrap_or_default(),
+            }),
+            Err(_) => return bad("since_offset must be a whole number"),
+        },
+    };
+    match st.node.history(&channel, HistoryQuery { since, limit }).await {
+        Ok(read) => json_response(StatusCode::OK, history_result(&read)),
+        Err(e) => command_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectBody {
+    user: String,
+}
+
+pub async fn disconnect(State(st): State<SharedState>, req: Request) -> Response {
+    let body: DisconnectBody = match read_json(req.into_body(), st.cfg.api.max_body_bytes).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let n = st.node.disconnect_user(&body.user, Disconnect::KICKED).await;
+    json_response(
+        StatusCode::OK,
+        serde_json::json!({ "disconnected": n }).to_string(),
+    )
+}
+
+pub async fn info(State(st): State<SharedState>) -> Response {
+    let node = &st.node;
+    let body = serde_json::json!({
+        "nodes": [{
+            "name": node.name(),
+            "connections": node.hub.connection_count(),
+            "subscriptions": node.hub.subscription_count(),
+            "channels": node.hub.channel_count(),
+            "users": node.hub.users().len(),
+            "uptime_s": node.uptime().as_secs(),
+        }]
+    });
+    json_response(StatusCode::OK, body.to_string())
+}

@@ -1,0 +1,93 @@
+//! The HTTP side: one router for `/ws`, `/api/*`, the operations endpoints and,
+//! in development mode only, the demo page and its token endpoint.
+
+pub mod api;
+pub mod ops;
+pub mod ws;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use axum::Router;
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderValue, StatusCode, header};
+use switchboard_core::Node;
+use switchboard_protocol::ChannelName;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+
+/// What every handler shares.
+pub struct AppState {
+    pub node: Arc<Node>,
+    pub cfg: Config,
+    pub verifier: Verifier,
+    pub text_channel: Option<ChannelName>,
+    /// Set once a shutdown or drain began: `/ready` answers 503, `/ws` refuses.
+    pub draining: AtomicBool,
+    /// WebSocket transports still running (a drain waits for them).
+    pub live_transports: AtomicUsize,
+    /// Development mode: the demo page and `/dev/token` exist.
+    pub dev: bool,
+    pub registry: prometheus_client::registry::Registry,
+}
+
+pub type SharedState = Arc<AppState>;
+
+/// `{"error": {"code", "message"}}` with `status`.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({"error": {"code": code, "message": message}});
+    json_response(status, body.to_string().into_bytes())
+}
+
+/// A 503 with `Retry-After` (whole seconds).
+pub fn unavailable(code: &str, message: &str, retry_after_s: u32) -> Response {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+    r
+}
+
+pub fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
+    let mut r = (status, body.into()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+pub fn router(state: SharedState) -> Router {
+    let api = Router::new()
+        .route("/publish", post(api::publish))
+        .route("/broadcast", post(api::broadcast))
+        .route("/presence/{channel}", get(api::presence))
+        .route("/online", get(api::online))
+        .route("/history/{channel}", get(api::history))
+        .route("/disconnect", post(api::disconnect))
+        .route("/info", get(api::info))
+        .fallback(not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::require_api_key,
+        ));
+    let mut r = Router::new()
+        .route("/ws", get(ws::upgrade).fallback(ws::upgrade))
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .nest("/api", api);
+    if state.dev {
+        r = r
+            .route("/", get(ops::demo_page))
+            .route("/dev/token", get(ops::dev_token));
+    }
+    r.fallback(not_found).with_state(state)
+}

@@ -1,0 +1,174 @@
+//! `GET /ws`: every check happens before the `101` (PROTOCOL §1); then the
+//! upgraded stream is handed to the transport.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+use base64::Engine;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use switchboard_core::ClientInit;
+use switchboard_core::hub::AddError;
+
+use super::{SharedState, error, unavailable};
+use crate::auth::{AuthError, extract_token};
+use crate::transport;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+            .unwrap_or(false)
+    })
+}
+
+/// Whether `origin` is allowed: an exact entry, or `scheme://*.domain`
+/// matching any subdomain of `domain` (not `domain` itself).
+pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    allowed.iter().any(|a| {
+        if a.eq_ignore_ascii_case(origin) {
+            return true;
+        }
+        match a.split_once("://*.") {
+            Some((scheme, domain)) => origin
+                .split_once("://")
+                .is_some_and(|(s, host)| {
+                    s.eq_ignore_ascii_case(scheme)
+                        && host.len() > domain.len() + 1
+                        && host.to_ascii_lowercase().ends_with(&format!(".{}", domain.to_ascii_lowercase()))
+                }),
+            None => false,
+        }
+    })
+}
+
+pub async fn upgrade(State(st): State<SharedState>, mut req: Request) -> Response {
+    let node = &st.node;
+    let reject = |reason: &'static str| node.metrics.reject(reason);
+    let headers = req.headers();
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+    let is_upgrade = req.method() == Method::GET
+        && header_has_token(headers, header::UPGRADE, "websocket")
+        && header_has_token(headers, header::CONNECTION, "upgrade")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13")
+        && key.is_some();
+    if !is_upgrade {
+        reject("not_websocket");
+        let mut r = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "this endpoint takes WebSocket upgrades (version 13) only",
+        );
+        r.headers_mut()
+            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        r.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        return r;
+    }
+    if st.draining.load(Ordering::Acquire) {
+        reject("draining");
+        return unavailable("unavailable", "the node is draining; connect elsewhere", 1);
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let ok = origin
+            .to_str()
+            .is_ok_and(|o| origin_allowed(&st.cfg.ws.allowed_origins, o));
+        if !ok {
+            reject("origin");
+            return error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+        }
+    }
+    let claims = match extract_token(headers, req.uri().query(), &st.cfg.auth.cookie_name)
+        .ok_or(AuthError::Missing)
+        .and_then(|t| st.verifier.verify(&t))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            reject(e.metric_reason());
+            return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+        }
+    };
+    if switchboard_protocol::ChannelName::personal(&claims.sub).is_err() {
+        reject("invalid_token");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "sub is not a valid user id",
+        );
+    }
+    match node.admission(&claims.sub) {
+        Ok(()) => {}
+        Err(AddError::NodeFull) => {
+            reject("node_full");
+            return unavailable("limit_exceeded", "node at its connection limit", 5);
+        }
+        Err(AddError::UserFull) => {
+            reject("user_full");
+            return unavailable("limit_exceeded", "too many connections for this user", 5);
+        }
+    }
+    let Some(key) = key else {
+        return error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key");
+    };
+    let accept = {
+        let mut sha = sha1_smol::Sha1::new();
+        sha.update(key.as_bytes());
+        sha.update(WS_GUID.as_bytes());
+        base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+    };
+    let init = ClientInit {
+        user: claims.sub,
+        info: claims.info.map(|v| v.to_string()),
+        channels: claims.channels,
+        expires_at: claims.exp.unwrap_or(0),
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let state = st.clone();
+    state.live_transports.fetch_add(1, Ordering::AcqRel);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => transport::run(&state, TokioIo::new(upgraded), init).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+        state.live_transports.fetch_sub(1, Ordering::AcqRel);
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_match_exactly_or_by_subdomain_pattern() {
+        let allowed = vec![
+            "http://localhost:8000".to_string(),
+            "https://*.example.com".to_string(),
+        ];
+        assert!(origin_allowed(&allowed, "http://localhost:8000"));
+        assert!(origin_allowed(&allowed, "https://app.example.com"));
+        assert!(origin_allowed(&allowed, "https://a.b.example.com"));
+        assert!(!origin_allowed(&allowed, "https://example.com"));
+        assert!(!origin_allowed(&allowed, "http://app.example.com"));
+        assert!(!origin_allowed(&allowed, "https://evilexample.com"));
+        assert!(!origin_allowed(&allowed, "https://example.com.evil.org"));
+        assert!(origin_allowed(&[], "https://anything"));
+    }
+}

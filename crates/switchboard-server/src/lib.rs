@@ -1,0 +1,17 @@
+//! The `switchboard` binary's library: configuration, authentication, the HTTP
+//! and WebSocket front, and the composition root [`server::run`].
+//!
+//! # Layout
+//! - [`config`]: defaults ← file ← environment, validated once.
+//! - [`auth`]: token sources, JWT verification, the API key.
+//! - [`http`]: the router: `/ws` (checks before the upgrade), `/api/*`, operations.
+//! - [`transport`]: one WebSocket client's read and write loop.
+//! - [`server`]: builds the node, accepts connections, shuts down gracefully.
+//! - [`fds`]: file-descriptor limit and count.
+
+pub mod auth;
+pub mod config;
+pub mod fds;
+pub mod http;
+pub mod server;
+pub mod transport;

@@ -1,0 +1,216 @@
+//! `switchboard`: the real-time gateway.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchboard_server::auth::{Claims, mint_hs256};
+use switchboard_server::config::{Config, Dur};
+use switchboard_server::{fds, server};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "switchboard", version, about = "A real-time WebSocket gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway. Without a config and a secret it runs in development
+    /// mode: a generated secret and API key, and the demo page at `/`.
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Check a config file (with the environment applied) and exit.
+    CheckConfig { file: PathBuf },
+    /// Print every key with its default, as TOML.
+    DefaultConfig,
+    /// Mint a token with the configured HMAC secret, for development.
+    Token {
+        #[arg(long)]
+        sub: String,
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// A channel or `prefix*` pattern for the `channels` claim (repeatable).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    let ok = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .is_ok();
+    if !ok {
+        buf.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn env_vars() -> Vec<(String, String)> {
+    std::env::vars().collect()
+}
+
+fn init_logs(level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { file } => Config::load(Some(&file), env_vars())
+            .map(|(_, warnings)| {
+                for w in warnings {
+                    eprintln!("warning: {w}");
+                }
+                println!("{}: ok", file.display());
+            })
+            .map_err(anyhow::Error::from),
+        Command::DefaultConfig => {
+            print!("{}", toml::to_string(&Config::default()).unwrap_or_default());
+            Ok(())
+        }
+        Command::Token {
+            sub,
+            ttl,
+            channels,
+            config,
+        } => token(sub, &ttl, channels, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn token(
+    sub: String,
+    ttl: &str,
+    channels: Vec<String>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let ttl = Dur::parse(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
+    let (cfg, _) = Config::load(config.as_deref(), env_vars())?;
+    anyhow::ensure!(
+        !cfg.auth.hmac_secret.is_empty(),
+        "auth.hmac_secret is not set: tokens for key files are minted by your auth service"
+    );
+    let claims = Claims {
+        sub,
+        exp: Some(jsonwebtoken::get_current_timestamp() + ttl.0.as_secs()),
+        channels,
+        info: None,
+    };
+    println!(
+        "{}",
+        mint_hs256(&cfg.auth.hmac_secret, &claims).map_err(anyhow::Error::msg)?
+    );
+    Ok(())
+}
+
+fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut env = env_vars();
+    let has = |k: &str, env: &[(String, String)]| env.iter().any(|(n, v)| n == k && !v.is_empty());
+    let dev = config.is_none()
+        && !has("SWITCHBOARD_AUTH_HMAC_SECRET", &env)
+        && !has("SWITCHBOARD_AUTH_PUBLIC_KEY_FILE", &env);
+    let mut generated = None;
+    if dev {
+        let secret = random_hex(32);
+        let key = if has("SWITCHBOARD_API_KEY", &env) {
+            None
+        } else {
+            let k = random_hex(16);
+            env.push(("SWITCHBOARD_API_KEY".into(), k.clone()));
+            Some(k)
+        };
+        env.push(("SWITCHBOARD_AUTH_HMAC_SECRET".into(), secret.clone()));
+        generated = Some((secret, key));
+    }
+    let (mut cfg, warnings) = Config::load(config.as_deref(), env)?;
+    if dev {
+        cfg = cfg.with_dev_namespaces();
+    }
+    init_logs(&cfg.log.level);
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    if let Some((secret, key)) = &generated {
+        eprintln!("================================================================");
+        eprintln!(" DEVELOPMENT MODE: no config file and no secret were given.");
+        eprintln!(" Generated for this run only (do not use in production):");
+        eprintln!("   SWITCHBOARD_AUTH_HMAC_SECRET={secret}");
+        if let Some(k) = key {
+            eprintln!("   SWITCHBOARD_API_KEY={k}");
+        }
+        eprintln!(" The demo page is on at / and tokens at /dev/token?user=NAME.");
+        eprintln!(" Run with --config FILE (or SWITCHBOARD_AUTH_HMAC_SECRET) for production.");
+        eprintln!("================================================================");
+    }
+    tracing::info!(config = %cfg.redacted_toml(), "effective configuration");
+    match fds::raise_fd_limit() {
+        Ok((soft, hard)) => {
+            tracing::info!(soft, hard, "open file limit");
+            let want = cfg.limits.max_connections as u64 + 256;
+            if soft < want {
+                tracing::warn!(
+                    soft,
+                    wanted = want,
+                    "open file limit is below limits.max_connections plus headroom; \
+                     raise LimitNOFILE (systemd) or ulimit -n"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
+    let addr = cfg
+        .listen
+        .parse()
+        .with_context(|| format!("listen: `{}` is not an address", cfg.listen))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let state = server::build_state(cfg, dev).map_err(anyhow::Error::msg)?;
+        println!("listening on http://{local}");
+        tracing::info!(%local, node = %state.node.name(), "switchboard started");
+        server::run(state, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for signals; stop with SIGKILL");
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}

@@ -1,0 +1,139 @@
+//! The composition root: builds the node from the config, accepts
+//! connections, and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use switchboard_core::{
+    Disconnect, MemoryBroker, MemoryHistory, MemoryPresence, Namespaces, Node, NodeOptions,
+};
+use switchboard_protocol::ChannelName;
+use tokio::net::{TcpListener, TcpSocket};
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::http::{AppState, SharedState, router};
+
+/// Binds `addr` with a listen backlog that survives bursts of handshakes
+/// (tokio's default of 128 overflows under a few hundred at once).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// Builds the shared state (node, verifier, router state) from a valid config.
+pub fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> {
+    let verifier = Verifier::from_config(&cfg.auth)?;
+    let opts = NodeOptions {
+        name: cfg.node_name.clone(),
+        namespaces: Namespaces::new(cfg.namespace_policies()),
+        max_connections: cfg.limits.max_connections,
+        max_connections_per_user: cfg.limits.max_connections_per_user,
+        max_channels_per_client: cfg.limits.max_channels_per_client,
+        send_queue_max_bytes: cfg.ws.send_queue_max_bytes,
+        ping_interval: cfg.ws.ping_interval.0,
+        ping_timeout: cfg.ws.ping_timeout.0,
+        leeway: cfg.auth.leeway.0,
+    };
+    let broker = Arc::new(MemoryBroker::new(Arc::new(MemoryHistory::new())));
+    let node = Node::new(opts, broker, Arc::new(MemoryPresence::default()));
+    let registry = node.metrics.registry();
+    let text_channel = if cfg.text_channel.is_empty() {
+        None
+    } else {
+        ChannelName::parse(&cfg.text_channel).ok()
+    };
+    Ok(Arc::new(AppState {
+        node,
+        cfg,
+        verifier,
+        text_channel,
+        draining: AtomicBool::new(false),
+        live_transports: AtomicUsize::new(0),
+        dev,
+        registry,
+    }))
+}
+
+/// Serves until `shutdown` resolves, then drains: `/ready` turns 503, no new
+/// connections are taken, every client gets 1001, and the call returns once
+/// they are gone or `shutdown_timeout` passed.
+pub async fn run(
+    state: SharedState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let heartbeats = tokio::spawn(
+        state
+            .node
+            .clone()
+            .run_heartbeats(state.cfg.auth.expire_connections),
+    );
+    let header_timeout = state.cfg.ws.handshake_timeout.0;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, _peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = TowerToHyperService::new(app.clone());
+                tokio::spawn(async move {
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    drain(&state).await;
+    heartbeats.abort();
+    Ok(())
+}
+
+/// Stops taking clients and closes every one with 1001, waiting up to
+/// `shutdown_timeout` for their transports to end.
+pub async fn drain(state: &AppState) {
+    state.draining.store(true, Ordering::Release);
+    tracing::info!(
+        clients = state.node.hub.connection_count(),
+        "draining: closing every client with 1001"
+    );
+    state.node.close_all(Disconnect::SHUTDOWN).await;
+    let deadline = tokio::time::Instant::now() + state.cfg.shutdown_timeout.0;
+    while state.live_transports.load(Ordering::Acquire) > 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.live_transports.load(Ordering::Acquire);
+    if left > 0 {
+        tracing::warn!(left, "shutdown timeout passed with clients still closing");
+    }
+}
