@@ -1,0 +1,179 @@
+// Type declarations for switchboard.js (Switchboard wire protocol v1).
+
+export interface StreamPosition {
+  offset: number;
+  epoch: string;
+}
+
+export interface Publication<T = unknown> {
+  type: 'pub';
+  channel: string;
+  offset?: number;
+  epoch?: string;
+  data: T;
+  /** Present for publications made by a client. */
+  from?: string;
+}
+
+export interface SubscribeResult {
+  /** The channel's latest offset (0 before its first publication). */
+  offset: number;
+  epoch: string;
+  /** True when every publication after `since` was still stored and is in `publications`. */
+  recovered: boolean;
+  publications: Array<Omit<Publication, 'type' | 'channel'> & Partial<Pick<Publication, 'channel'>>>;
+}
+
+export interface PresenceClient {
+  user: string;
+  client: string;
+  info: unknown;
+  node: string;
+}
+
+export interface PresenceResult {
+  clients: PresenceClient[];
+}
+
+export interface PublishResult {
+  offset: number;
+  epoch: string;
+}
+
+export interface HistoryResult {
+  publications: Array<Omit<Publication, 'type' | 'channel'>>;
+  offset?: number;
+  epoch?: string;
+}
+
+export interface WelcomeFrame {
+  type: 'welcome';
+  client: string;
+  user: string;
+  node: string;
+  /** Seconds; fractions allowed. */
+  ping_interval: number;
+}
+
+export interface JoinFrame {
+  type: 'join';
+  channel: string;
+  user: string;
+  client: string;
+  info?: unknown;
+}
+
+export interface LeaveFrame {
+  type: 'leave';
+  channel: string;
+  user: string;
+  client: string;
+}
+
+export interface DisconnectEvent {
+  /** The WebSocket close code (or the server's `disconnect` frame's code when the close had none). */
+  code: number;
+  reason: string;
+  /** Whether the client will reconnect on its own. */
+  reconnect: boolean;
+  /** Milliseconds until the next attempt, when reconnecting. */
+  delay?: number;
+}
+
+export type State = 'disconnected' | 'connecting' | 'connected' | 'reconnecting';
+
+export type ErrorCode =
+  | 'bad_request' | 'unauthorized' | 'forbidden' | 'not_found' | 'limit_exceeded'
+  | 'rate_limited' | 'too_large' | 'internal'
+  // raised by the client itself
+  | 'timeout' | 'disconnected' | 'unsubscribed' | 'transport' | 'token' | 'bad_frame';
+
+export class SwitchboardError extends Error {
+  constructor(code: ErrorCode | string, message?: string);
+  readonly code: ErrorCode | string;
+  /** Set on subscription errors. */
+  channel?: string;
+}
+
+/** The subset of the WebSocket API the client needs (browsers' WebSocket, the `ws` package). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onmessage: ((ev: { data: unknown }) => void) | null;
+  onclose: ((ev: { code: number; reason: string }) => void) | null;
+  onerror: ((ev: unknown) => void) | null;
+  onopen: ((ev: unknown) => void) | null;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+export interface SwitchboardOptions {
+  /** Connection token (JWT); sent as the `token` query parameter. */
+  token?: string;
+  /** Called for a token before each (re)connect (the first one too, unless `token` is given). */
+  getToken?: () => string | Promise<string>;
+  /** WebSocket implementation; defaults to `globalThis.WebSocket`. On Node 20 pass `ws`. */
+  WebSocket?: WebSocketConstructor | unknown;
+  /** Milliseconds before a command without a reply rejects with code `timeout`. Default 10000. */
+  timeout?: number;
+  /** Reconnect back-off: first delay in ms (doubles each attempt, with jitter). Default 500. */
+  minReconnectDelay?: number;
+  /** Reconnect back-off ceiling in ms. Default 20000. */
+  maxReconnectDelay?: number;
+  /** Ping when the connection has been quiet for `ping_interval`; reconnect without a pong. Default true. */
+  heartbeat?: boolean;
+}
+
+export interface SwitchboardEvents {
+  welcome: (frame: WelcomeFrame) => void;
+  /** Every publication the client receives: subscribed channels and its personal `user:<id>` channel. */
+  pub: (pub: Publication) => void;
+  join: (frame: JoinFrame) => void;
+  leave: (frame: LeaveFrame) => void;
+  disconnect: (ev: DisconnectEvent) => void;
+  state: (state: State, previous: State) => void;
+  error: (err: Error) => void;
+  /** A subscribe (or a resubscribe after a reconnect) succeeded. */
+  subscribed: (ev: SubscribeResult & { channel: string }) => void;
+}
+
+export class Switchboard {
+  constructor(url: string, options?: SwitchboardOptions);
+
+  readonly url: string;
+  readonly state: State;
+  /** From the latest welcome. */
+  client: string | null;
+  user: string | null;
+  node: string | null;
+
+  /** Opens the connection and keeps it open, reconnecting with back-off, until `disconnect()`. */
+  connect(): void;
+  /** Closes the connection and stops reconnecting; subscriptions are kept for the next `connect()`. */
+  disconnect(code?: number, reason?: string): void;
+
+  on<E extends keyof SwitchboardEvents>(event: E, fn: SwitchboardEvents[E]): () => void;
+  off<E extends keyof SwitchboardEvents>(event: E, fn: SwitchboardEvents[E]): void;
+
+  /**
+   * Subscribes and remembers the channel's position; after a reconnect it subscribes again
+   * with `since`, so missed publications are replayed to `onPublication`.
+   */
+  subscribe<T = unknown>(
+    channel: string,
+    onPublication?: (pub: Publication<T>) => void,
+    options?: { since?: StreamPosition },
+  ): Promise<SubscribeResult>;
+  unsubscribe(channel: string): Promise<void>;
+  publish(channel: string, data: unknown): Promise<PublishResult>;
+  presence(channel: string): Promise<PresenceResult>;
+  history(channel: string, options?: { since?: StreamPosition; limit?: number }): Promise<HistoryResult>;
+  refresh(token: string): Promise<unknown>;
+  /** Resolves with the round-trip time in milliseconds. */
+  ping(): Promise<number>;
+  /** The last position seen in a subscribed channel. */
+  position(channel: string): StreamPosition | null;
+}
+
+export default Switchboard;
