@@ -39,9 +39,23 @@ pub struct Metrics {
     pub open_fds: Gauge,
 }
 
+/// Every reason a handshake is refused, so each series exists from the start.
+pub const REJECT_REASONS: &[&str] = &[
+    "not_websocket",
+    "draining",
+    "origin",
+    "no_token",
+    "invalid_token",
+    "expired",
+    "not_yet_valid",
+    "audience_or_issuer",
+    "node_full",
+    "user_full",
+];
+
 impl Default for Metrics {
     fn default() -> Self {
-        Metrics {
+        let m = Metrics {
             connections: Gauge::default(),
             subscriptions: Gauge::default(),
             messages_in: Counter::default(),
@@ -57,7 +71,12 @@ impl Default for Metrics {
             handshakes_rejected: Family::default(),
             disconnects: Family::default(),
             open_fds: Gauge::default(),
+        };
+        for reason in REJECT_REASONS {
+            m.handshakes_rejected
+                .get_or_create(&ReasonLabel { reason });
         }
+        m
     }
 }
 

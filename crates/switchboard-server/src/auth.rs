@@ -132,6 +132,12 @@ impl Verifier {
         if cfg.require_exp {
             required.push("exp");
         }
+        if !cfg.audience.is_empty() {
+            required.push("aud");
+        }
+        if !cfg.issuer.is_empty() {
+            required.push("iss");
+        }
         validation.set_required_spec_claims(&required);
         if cfg.audience.is_empty() {
             validation.validate_aud = false;

@@ -103,14 +103,19 @@ async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
     ws.flush().await
 }
 
+/// The WebSocket codec exactly as `/ws` configures it (the Autobahn echo
+/// example uses this too, so conformance is tested on the real settings).
+pub fn ws_builder(max_message_size: usize) -> tokio_websockets::ServerBuilder {
+    tokio_websockets::ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(max_message_size)))
+}
+
 /// Runs one client until it leaves or is closed.
 pub async fn run<S>(st: &Arc<AppState>, io: S, init: ClientInit)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut ws = tokio_websockets::ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(st.cfg.ws.max_message_size)))
-        .serve(io);
+    let mut ws = ws_builder(st.cfg.ws.max_message_size).serve(io);
     let node = &st.node;
     let client = match node.connect(init) {
         Ok(c) => c,

@@ -49,7 +49,17 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
     })
 }
 
-pub async fn upgrade(State(st): State<SharedState>, mut req: Request) -> Response {
+pub async fn upgrade(State(st): State<SharedState>, req: Request) -> Response {
+    let mut r = checked_upgrade(st, req).await;
+    if r.status() != StatusCode::SWITCHING_PROTOCOLS {
+        // A refused client has nothing more to say on this connection.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
     let node = &st.node;
     let reject = |reason: &'static str| node.metrics.reject(reason);
     let headers = req.headers();

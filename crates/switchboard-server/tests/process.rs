@@ -1,0 +1,184 @@
+//! The `switchboard` binary as a user runs it: subcommands, development mode,
+//! and SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
+
+/// Starts `switchboard serve` and returns it with the address it printed.
+fn spawn(envs: &[(&str, &str)], args: &[&str]) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .args(args)
+        .env_clear()
+        .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn switchboard");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("a line").expect("utf8");
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.parse().expect("address");
+        }
+    };
+    let stderr = child.stderr.take().expect("stderr");
+    let logs = std::thread::spawn(move || {
+        let mut s = String::new();
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            s.push_str(&l);
+            s.push('\n');
+        }
+        s
+    });
+    (child, addr, logs)
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn sigterm_closes_clients_1001_and_exits_0() {
+    let (mut child, addr, logs) = spawn(
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+        ],
+        &[],
+    );
+    let mut a = Client::connect(addr, &token("alice", 600, &[])).await;
+    let mut b = Client::connect(addr, &token("bob", 600, &[])).await;
+    signal(&child, "-TERM");
+    assert_eq!(a.recv_type("disconnect").await["code"], 1001);
+    assert_eq!(a.close_code().await, Some(1001));
+    assert_eq!(b.close_code().await, Some(1001));
+    let status = wait_exit(&mut child, Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    let logs = logs.join().expect("logs");
+    assert!(logs.contains("SIGTERM"), "{logs}");
+    assert!(!logs.contains(SECRET), "the secret leaked into the logs");
+}
+
+#[tokio::test]
+async fn with_no_config_it_runs_in_development_mode() {
+    let (mut child, addr, logs) = spawn(&[], &[]);
+    let page = http(addr, "GET", "/", &[], None).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<html") || page.body.contains("<!doctype"));
+    let t = http(addr, "GET", "/dev/token?user=alice", &[], None).await.json();
+    let token = t["token"].as_str().expect("token").to_string();
+    let mut c = Client::connect(addr, &token).await;
+    assert_eq!(c.subscribe("chat:lobby").await["offset"], 0);
+    signal(&child, "-INT");
+    assert_eq!(c.close_code().await, Some(1001));
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
+    let logs = logs.join().expect("logs");
+    assert!(logs.contains("DEVELOPMENT MODE"), "{logs}");
+    assert!(logs.contains("SWITCHBOARD_AUTH_HMAC_SECRET="), "{logs}");
+    assert!(!logs.contains(&token), "a token reached the logs");
+}
+
+#[tokio::test]
+async fn outside_development_mode_there_is_no_demo_page_or_token_endpoint() {
+    let (mut child, addr, _logs) = spawn(
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+        ],
+        &[],
+    );
+    assert_eq!(http(addr, "GET", "/", &[], None).await.status, 404);
+    assert_eq!(http(addr, "GET", "/dev/token?user=a", &[], None).await.status, 404);
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
+}
+
+fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_clear()
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn a_wrong_config_stops_the_start_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("sb-proc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let f = dir.join("bad.toml");
+    std::fs::write(&f, "[limits]\nmax_conections = 5\n").expect("write");
+    let path = f.to_str().expect("utf8");
+    let (ok, _, err) = run(&["serve", "--config", path], &[]);
+    assert!(!ok);
+    assert!(err.contains("max_conections"), "{err}");
+    let (ok, _, err) = run(&["check-config", path], &[]);
+    assert!(!ok && err.contains("max_conections"), "{err}");
+    std::fs::write(&f, "listen = \"127.0.0.1:0\"\n").expect("write");
+    let (ok, _, err) = run(&["serve", "--config", path], &[]);
+    assert!(!ok);
+    assert!(err.contains("auth.hmac_secret") && err.contains("api.key"), "{err}");
+    let (ok, out, _) = run(
+        &["check-config", path],
+        &[("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET), ("SWITCHBOARD_API_KEY", "k")],
+    );
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn default_config_prints_every_key_and_token_mints_a_valid_token() {
+    let (ok, out, _) = run(&["default-config"], &[]);
+    assert!(ok);
+    let parsed: switchboard_server::config::Config = toml::from_str(&out).expect("parses");
+    assert_eq!(parsed, switchboard_server::config::Config::default());
+    let (ok, out, err) = run(
+        &["token", "--sub", "alice", "--ttl", "10m", "--channel", "vip:*"],
+        &[("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET), ("SWITCHBOARD_API_KEY", "k")],
+    );
+    assert!(ok, "{err}");
+    let cfg = switchboard_server::config::AuthConfig {
+        hmac_secret: SECRET.into(),
+        ..Default::default()
+    };
+    let v = switchboard_server::auth::Verifier::from_config(&cfg).expect("verifier");
+    let claims = v
+        .verify(&switchboard_server::auth::Token::new(out.trim()))
+        .expect("valid");
+    assert_eq!(claims.sub, "alice");
+    assert_eq!(claims.channels, vec!["vip:*".to_string()]);
+}
