@@ -73,8 +73,7 @@ impl Default for Metrics {
             open_fds: Gauge::default(),
         };
         for reason in REJECT_REASONS {
-            m.handshakes_rejected
-                .get_or_create(&ReasonLabel { reason });
+            let _ = m.handshakes_rejected.get_or_create(&ReasonLabel { reason });
         }
         m
     }
@@ -84,12 +83,36 @@ impl Metrics {
     /// A registry that reads these metrics (they are shared, not copied).
     pub fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("switchboard");
-        r.register("connections", "Clients connected to this node", self.connections.clone());
-        r.register("subscriptions", "Channel subscriptions on this node", self.subscriptions.clone());
-        r.register("messages_in", "Frames received from clients", self.messages_in.clone());
-        r.register("messages_out", "Frames queued to clients", self.messages_out.clone());
-        r.register("publications", "Publications delivered through this node", self.publications.clone());
-        r.register("publications_stored", "Publications kept in history", self.publications_stored.clone());
+        r.register(
+            "connections",
+            "Clients connected to this node",
+            self.connections.clone(),
+        );
+        r.register(
+            "subscriptions",
+            "Channel subscriptions on this node",
+            self.subscriptions.clone(),
+        );
+        r.register(
+            "messages_in",
+            "Frames received from clients",
+            self.messages_in.clone(),
+        );
+        r.register(
+            "messages_out",
+            "Frames queued to clients",
+            self.messages_out.clone(),
+        );
+        r.register(
+            "publications",
+            "Publications delivered through this node",
+            self.publications.clone(),
+        );
+        r.register(
+            "publications_stored",
+            "Publications kept in history",
+            self.publications_stored.clone(),
+        );
         r.register(
             "publications_recovered",
             "Publications replayed to clients on subscribe with since",
@@ -100,20 +123,36 @@ impl Metrics {
             "Time to queue one publication to every local subscriber",
             self.fanout_seconds.clone(),
         );
-        r.register("slow_clients", "Clients closed 1013 because their send queue overflowed", self.slow_clients.clone());
+        r.register(
+            "slow_clients",
+            "Clients closed 1013 because their send queue overflowed",
+            self.slow_clients.clone(),
+        );
         r.register(
             "dropped_deliveries",
             "Deliveries dropped with a slow client's queue",
             self.dropped_deliveries.clone(),
         );
-        r.register("reaped", "Clients closed because no heartbeat arrived in time", self.reaped.clone());
+        r.register(
+            "reaped",
+            "Clients closed because no heartbeat arrived in time",
+            self.reaped.clone(),
+        );
         r.register(
             "handshakes_rejected",
             "WebSocket handshakes refused before the upgrade, by reason",
             self.handshakes_rejected.clone(),
         );
-        r.register("disconnects", "Clients closed by the server, by close code", self.disconnects.clone());
-        r.register("open_fds", "Open file descriptors of the process", self.open_fds.clone());
+        r.register(
+            "disconnects",
+            "Clients closed by the server, by close code",
+            self.disconnects.clone(),
+        );
+        r.register(
+            "open_fds",
+            "Open file descriptors of the process",
+            self.open_fds.clone(),
+        );
         r
     }
 

@@ -179,7 +179,9 @@ impl Node {
                 .observe(start.elapsed().as_secs_f64());
         }
         if !out.overflowed.is_empty() {
-            self.metrics.slow_clients.inc_by(out.overflowed.len() as u64);
+            self.metrics
+                .slow_clients
+                .inc_by(out.overflowed.len() as u64);
             for client in out.overflowed {
                 self.metrics.dropped_deliveries.inc();
                 self.count_disconnect(Disconnect::SLOW);
@@ -253,12 +255,17 @@ impl Node {
     /// Removes a client from every index and presence, with leave pushes.
     /// Idempotent: the transport calls it when it ends, whoever closed it.
     pub async fn remove_client(&self, client: &Arc<ClientHandle>) {
-        if client.removed.swap(true, Ordering::AcqRel) {
-            return;
-        }
+        // Marked under the subscriptions lock: a concurrent subscribe either
+        // sees `removed` and adds nothing, or added its channel before we drain.
+        let channels: Vec<ChannelName> = {
+            let mut subs = client.subscriptions.lock();
+            if client.removed.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            subs.drain().collect()
+        };
         self.hub.remove_client(client);
         self.metrics.connections.dec();
-        let channels: Vec<ChannelName> = client.subscriptions.lock().drain().collect();
         for channel in channels {
             self.leave_channel(client, &channel).await;
         }
@@ -323,7 +330,12 @@ impl Node {
     }
 
     /// Queues a reply when the command had an id.
-    pub fn reply(&self, client: &ClientHandle, id: Option<u64>, result: Result<Bytes, CommandError>) {
+    pub fn reply(
+        &self,
+        client: &ClientHandle,
+        id: Option<u64>,
+        result: Result<Bytes, CommandError>,
+    ) {
         if id.is_none() {
             return;
         }
@@ -380,7 +392,9 @@ impl Node {
             Box::new(move |read: &HistoryRead| {
                 hub_add();
                 if id.is_some() {
-                    let _ = client.outbox.push(frame::ok_reply(id, &subscribe_result(read)));
+                    let _ = client
+                        .outbox
+                        .push(frame::ok_reply(id, &subscribe_result(read)));
                 }
                 *outcome.lock() = Some(SubscribeOutcome {
                     offset: read.offset,
@@ -400,14 +414,16 @@ impl Node {
             }
             return Err(e.into());
         }
-        if !already {
-            client.subscriptions.lock().insert(channel.clone());
-            self.metrics.subscriptions.inc();
-            if policy.join_leave {
-                let push = frame::join(channel, &client.user, &client.id, client.info.as_deref());
-                if let Err(e) = self.broker.push(channel, push).await {
-                    tracing::warn!(error = %e, "join push failed");
-                }
+        if client.is_removed() {
+            if policy.presence && !already {
+                let _ = self.presence.remove(channel, &client.id).await;
+            }
+            return Err(CommandError::new(ErrorCode::Internal, "client is closing"));
+        }
+        if !already && policy.join_leave {
+            let push = frame::join(channel, &client.user, &client.id, client.info.as_deref());
+            if let Err(e) = self.broker.push(channel, push).await {
+                tracing::warn!(error = %e, "join push failed");
             }
         }
         let outcome = outcome.lock().take();
@@ -432,9 +448,13 @@ impl Node {
         let client = client.clone();
         let channel = channel.clone();
         move || {
+            let mut subs = client.subscriptions.lock();
             if let Some(node) = me.upgrade()
                 && !client.is_removed()
             {
+                if subs.insert(channel.clone()) {
+                    node.metrics.subscriptions.inc();
+                }
                 node.hub.subscribe(&channel, &client);
             }
         }
@@ -483,7 +503,10 @@ impl Node {
     }
 
     /// Who is in `channel` now.
-    pub async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, CommandError> {
+    pub async fn presence(
+        &self,
+        channel: &ChannelName,
+    ) -> Result<Vec<PresenceEntry>, CommandError> {
         self.presence.get(channel).await.map_err(|e| {
             tracing::warn!(error = %e, "presence read failed");
             CommandError::new(ErrorCode::Internal, "presence failed")
@@ -552,7 +575,7 @@ impl Node {
                 }
                 if expire_connections {
                     let exp = c.expires_at.load(Ordering::Relaxed);
-                    if exp != 0 && unix > exp.saturating_add(leeway) {
+                    if exp != 0 && unix >= exp.saturating_add(leeway) {
                         to_close.push((c.clone(), Disconnect::EXPIRED));
                         return;
                     }

@@ -98,7 +98,10 @@ impl Verifier {
             )
         } else {
             let pem = std::fs::read(&cfg.public_key_file).map_err(|e| {
-                format!("auth.public_key_file: cannot read {}: {e}", cfg.public_key_file)
+                format!(
+                    "auth.public_key_file: cannot read {}: {e}",
+                    cfg.public_key_file
+                )
             })?;
             if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
                 (
@@ -184,16 +187,16 @@ pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, String> {
 /// query parameter, then the cookie.
 pub fn extract_token(headers: &HeaderMap, query: Option<&str>, cookie_name: &str) -> Option<Token> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION)
-        && let Some(t) = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.strip_prefix("Bearer ").or_else(|| s.strip_prefix("bearer ")))
-        {
-            let t = t.trim();
-            if !t.is_empty() {
-                return Some(Token::new(t));
-            }
+        && let Some(t) = v.to_str().ok().and_then(|s| {
+            s.strip_prefix("Bearer ")
+                .or_else(|| s.strip_prefix("bearer "))
+        })
+    {
+        let t = t.trim();
+        if !t.is_empty() {
+            return Some(Token::new(t));
         }
+    }
     if let Some(q) = query {
         for pair in q.split('&') {
             if let Some(v) = pair.strip_prefix("token=") {
@@ -208,9 +211,11 @@ pub fn extract_token(headers: &HeaderMap, query: Option<&str>, cookie_name: &str
         let Ok(s) = v.to_str() else { continue };
         for c in s.split(';') {
             if let Some((name, value)) = c.trim().split_once('=')
-                && name == cookie_name && !value.is_empty() {
-                    return Some(Token::new(value.trim_matches('"')));
-                }
+                && name == cookie_name
+                && !value.is_empty()
+            {
+                return Some(Token::new(value.trim_matches('"')));
+            }
         }
     }
     None
@@ -328,7 +333,10 @@ mod tests {
     #[test]
     fn token_sources_are_tried_in_order() {
         let mut h = HeaderMap::new();
-        h.insert(http::header::COOKIE, "a=b; sb_token=fromcookie".parse().expect("hv"));
+        h.insert(
+            http::header::COOKIE,
+            "a=b; sb_token=fromcookie".parse().expect("hv"),
+        );
         assert_eq!(
             extract_token(&h, None, "sb_token").map(|t| t.expose().to_string()),
             Some("fromcookie".into())
@@ -338,12 +346,18 @@ mod tests {
                 .map(|t| t.expose().to_string()),
             Some("from-query".into())
         );
-        h.insert(http::header::AUTHORIZATION, "Bearer fromheader".parse().expect("hv"));
+        h.insert(
+            http::header::AUTHORIZATION,
+            "Bearer fromheader".parse().expect("hv"),
+        );
         assert_eq!(
             extract_token(&h, Some("token=q"), "sb_token").map(|t| t.expose().to_string()),
             Some("fromheader".into())
         );
-        assert_eq!(extract_token(&HeaderMap::new(), Some("token="), "sb_token"), None);
+        assert_eq!(
+            extract_token(&HeaderMap::new(), Some("token="), "sb_token"),
+            None
+        );
     }
 
     #[test]
@@ -364,7 +378,10 @@ mod tests {
     fn api_key_check() {
         let mut h = HeaderMap::new();
         assert!(!api_key_matches(&h, "k1"));
-        h.insert(http::header::AUTHORIZATION, "Bearer k1".parse().expect("hv"));
+        h.insert(
+            http::header::AUTHORIZATION,
+            "Bearer k1".parse().expect("hv"),
+        );
         assert!(api_key_matches(&h, "k1"));
         assert!(!api_key_matches(&h, "k2"));
     }

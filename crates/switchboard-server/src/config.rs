@@ -26,9 +26,9 @@ impl Dur {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
-        let n: f64 = num
-            .parse()
-            .map_err(|_| format!("`{s}` is not a duration such as \"500ms\", \"30s\" or \"10m\""))?;
+        let n: f64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a duration such as \"500ms\", \"30s\" or \"10m\"")
+        })?;
         let factor = match unit.trim() {
             "ms" => 0.001,
             "s" => 1.0,
@@ -697,7 +697,10 @@ mod tests {
             ("SWITCHBOARD_NODE_NAME", "n7"),
             ("SWITCHBOARD_WS_PING_INTERVAL", "2s"),
             ("SWITCHBOARD_LIMITS_MAX_CONNECTIONS", "10"),
-            ("SWITCHBOARD_WS_ALLOWED_ORIGINS", "http://a.com, https://*.b.com"),
+            (
+                "SWITCHBOARD_WS_ALLOWED_ORIGINS",
+                "http://a.com, https://*.b.com",
+            ),
             ("SWITCHBOARD_SOMETHING_ELSE", "x"),
         ]));
         let (c, warnings) = Config::load(None, e).expect("valid");
@@ -715,7 +718,10 @@ mod tests {
         let err = Config::load(None, e).expect_err("invalid").0;
         assert!(err.contains("limits.max_connections"), "{err}");
         let err = Config::load(None, env(&[])).expect_err("invalid").0;
-        assert!(err.contains("auth.hmac_secret") && err.contains("api.key"), "{err}");
+        assert!(
+            err.contains("auth.hmac_secret") && err.contains("api.key"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -80,7 +80,10 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::DefaultConfig => {
-            print!("{}", toml::to_string(&Config::default()).unwrap_or_default());
+            print!(
+                "{}",
+                toml::to_string(&Config::default()).unwrap_or_default()
+            );
             Ok(())
         }
         Command::Token {

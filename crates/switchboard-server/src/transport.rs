@@ -120,7 +120,14 @@ where
     let client = match node.connect(init) {
         Ok(c) => c,
         Err(_) => {
-            send_close(&mut ws, Disconnect { code: 1013, reason: "connection limit" }).await;
+            send_close(
+                &mut ws,
+                Disconnect {
+                    code: 1013,
+                    reason: "connection limit",
+                },
+            )
+            .await;
             return;
         }
     };
@@ -207,10 +214,12 @@ async fn handle_frame(st: &AppState, client: &Arc<ClientHandle>, m: &Message) {
         Ok(c) => c,
         Err(e) => {
             if let Some(channel) = &st.text_channel
-                && e.id.is_none() && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
-                    text_chat(node, client, channel, text).await;
-                    return;
-                }
+                && e.id.is_none()
+                && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err()
+            {
+                text_chat(node, client, channel, text).await;
+                return;
+            }
             let _ = client
                 .outbox
                 .push(frame::error_reply(e.id, ErrorCode::BadRequest, &e.message));
@@ -252,9 +261,10 @@ fn refresh(
     token: &Token,
 ) -> Result<bytes::Bytes, switchboard_core::CommandError> {
     use switchboard_core::CommandError;
-    let claims = st.verifier.verify(token).map_err(|e| {
-        CommandError::new(ErrorCode::Unauthorized, e.to_string())
-    })?;
+    let claims = st
+        .verifier
+        .verify(token)
+        .map_err(|e| CommandError::new(ErrorCode::Unauthorized, e.to_string()))?;
     if claims.sub != *client.user {
         return Err(CommandError::new(
             ErrorCode::Forbidden,
@@ -298,7 +308,10 @@ mod tests {
         let t0 = Instant::now();
         let mut rl = RateLimit::new(10, t0);
         for i in 0..1000u64 {
-            assert_eq!(rl.check(t0 + Duration::from_millis(i * 100)), Verdict::Allow);
+            assert_eq!(
+                rl.check(t0 + Duration::from_millis(i * 100)),
+                Verdict::Allow
+            );
         }
     }
 }

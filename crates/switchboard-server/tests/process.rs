@@ -13,7 +13,10 @@ use common::*;
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 /// Starts `switchboard serve` and returns it with the address it printed.
-fn spawn(envs: &[(&str, &str)], args: &[&str]) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+fn spawn(
+    envs: &[(&str, &str)],
+    args: &[&str],
+) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .args(args)
@@ -95,7 +98,9 @@ async fn with_no_config_it_runs_in_development_mode() {
     let page = http(addr, "GET", "/", &[], None).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("<html") || page.body.contains("<!doctype"));
-    let t = http(addr, "GET", "/dev/token?user=alice", &[], None).await.json();
+    let t = http(addr, "GET", "/dev/token?user=alice", &[], None)
+        .await
+        .json();
     let token = t["token"].as_str().expect("token").to_string();
     let mut c = Client::connect(addr, &token).await;
     assert_eq!(c.subscribe("chat:lobby").await["offset"], 0);
@@ -118,7 +123,12 @@ async fn outside_development_mode_there_is_no_demo_page_or_token_endpoint() {
         &[],
     );
     assert_eq!(http(addr, "GET", "/", &[], None).await.status, 404);
-    assert_eq!(http(addr, "GET", "/dev/token?user=a", &[], None).await.status, 404);
+    assert_eq!(
+        http(addr, "GET", "/dev/token?user=a", &[], None)
+            .await
+            .status,
+        404
+    );
     signal(&child, "-TERM");
     assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some_and(|s| s.success()));
 }
@@ -152,10 +162,16 @@ fn a_wrong_config_stops_the_start_naming_the_key() {
     std::fs::write(&f, "listen = \"127.0.0.1:0\"\n").expect("write");
     let (ok, _, err) = run(&["serve", "--config", path], &[]);
     assert!(!ok);
-    assert!(err.contains("auth.hmac_secret") && err.contains("api.key"), "{err}");
+    assert!(
+        err.contains("auth.hmac_secret") && err.contains("api.key"),
+        "{err}"
+    );
     let (ok, out, _) = run(
         &["check-config", path],
-        &[("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET), ("SWITCHBOARD_API_KEY", "k")],
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", "k"),
+        ],
     );
     assert!(ok, "{out}");
 }
@@ -167,8 +183,19 @@ fn default_config_prints_every_key_and_token_mints_a_valid_token() {
     let parsed: switchboard_server::config::Config = toml::from_str(&out).expect("parses");
     assert_eq!(parsed, switchboard_server::config::Config::default());
     let (ok, out, err) = run(
-        &["token", "--sub", "alice", "--ttl", "10m", "--channel", "vip:*"],
-        &[("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET), ("SWITCHBOARD_API_KEY", "k")],
+        &[
+            "token",
+            "--sub",
+            "alice",
+            "--ttl",
+            "10m",
+            "--channel",
+            "vip:*",
+        ],
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", "k"),
+        ],
     );
     assert!(ok, "{err}");
     let cfg = switchboard_server::config::AuthConfig {
@@ -181,4 +208,84 @@ fn default_config_prints_every_key_and_token_mints_a_valid_token() {
         .expect("valid");
     assert_eq!(claims.sub, "alice");
     assert_eq!(claims.channels, vec!["vip:*".to_string()]);
+}
+
+#[tokio::test]
+async fn no_token_reaches_the_logs_at_any_level() {
+    let (mut child, addr, logs) = spawn(
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+            ("RUST_LOG", "trace"),
+        ],
+        &[],
+    );
+    let good = token("alice", 600, &[]);
+    let expired = token("alice", -600, &[]);
+    let forged = format!("{}x", &good[..good.len() - 1]);
+    let mut c = Client::connect(addr, &good).await;
+    c.send(serde_json::json!({"op": "refresh", "token": good, "id": 1}))
+        .await;
+    c.recv().await;
+    for t in [&expired, &forged, &good] {
+        http(addr, "GET", &format!("/ws?token={t}"), &[], None).await;
+        raw_http(addr, &upgrade_request(addr, &format!("/ws?token={t}"), &[])).await;
+        raw_http(
+            addr,
+            &upgrade_request(addr, "/ws", &[("Authorization", &format!("Bearer {t}"))]),
+        )
+        .await;
+        raw_http(
+            addr,
+            &upgrade_request(addr, "/ws", &[("Cookie", &format!("sb_token={t}"))]),
+        )
+        .await;
+    }
+    drop(c);
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some());
+    let logs = logs.join().expect("logs");
+    assert!(logs.len() > 1000, "trace logs were captured");
+    for (what, t) in [("valid", &good), ("expired", &expired), ("forged", &forged)] {
+        // Any third of a token (its signature included) is enough to leak it.
+        let sig = t.rsplit('.').next().unwrap_or(t);
+        assert!(
+            !logs.contains(sig),
+            "the {what} token's signature is in the logs"
+        );
+        assert!(
+            !logs.contains(t.as_str()),
+            "the {what} token is in the logs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_expired_connection_is_closed_1008_unless_refreshed() {
+    let (mut child, addr, _logs) = spawn(
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+            ("SWITCHBOARD_AUTH_EXPIRE_CONNECTIONS", "true"),
+            ("SWITCHBOARD_AUTH_LEEWAY", "0s"),
+        ],
+        &[],
+    );
+    // exp in 2 s (whole seconds, so between 1 and 2 s from now)
+    let mut lapsing = Client::connect(addr, &token("alice", 2, &[])).await;
+    let mut refreshed = Client::connect(addr, &token("bob", 2, &[])).await;
+    let r = refreshed
+        .call(serde_json::json!({"op": "refresh", "token": token("bob", 600, &[])}))
+        .await;
+    assert_eq!(r["ok"], true);
+    let started = std::time::Instant::now();
+    assert_eq!(lapsing.close_code().await, Some(1008));
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(refreshed.quiet_for(Duration::from_millis(1500)).await);
+    assert_eq!(
+        refreshed.call(serde_json::json!({"op": "ping"})).await["type"],
+        "pong"
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).is_some());
 }

@@ -13,8 +13,8 @@ use http::StatusCode;
 use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use switchboard_core::{CommandError, Disconnect, HistoryQuery};
 use switchboard_core::node::history_result;
+use switchboard_core::{CommandError, Disconnect, HistoryQuery};
 use switchboard_protocol::{ChannelName, ErrorCode, StreamPosition};
 
 use super::{SharedState, error, json_response, unavailable};
@@ -61,14 +61,13 @@ async fn read_json<T: for<'a> Deserialize<'a>>(body: Body, limit: usize) -> Resu
 }
 
 fn parse_channel(name: &str) -> Result<ChannelName, Response> {
-    ChannelName::parse(name).map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
+    ChannelName::parse(name)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
 }
 
 fn command_error(e: CommandError) -> Response {
     match e.code {
-        ErrorCode::Internal | ErrorCode::Unavailable => {
-            unavailable("unavailable", &e.message, 1)
-        }
+        ErrorCode::Internal | ErrorCode::Unavailable => unavailable("unavailable", &e.message, 1),
         ErrorCode::Forbidden => error(StatusCode::FORBIDDEN, "forbidden", &e.message),
         ErrorCode::NotFound => error(StatusCode::NOT_FOUND, "not_found", &e.message),
         _ => error(StatusCode::BAD_REQUEST, e.code.as_str(), &e.message),
@@ -197,7 +196,11 @@ pub async fn history(
             Err(_) => return bad("since_offset must be a whole number"),
         },
     };
-    match st.node.history(&channel, HistoryQuery { since, limit }).await {
+    match st
+        .node
+        .history(&channel, HistoryQuery { since, limit })
+        .await
+    {
         Ok(read) => json_response(StatusCode::OK, history_result(&read)),
         Err(e) => command_error(e),
     }
@@ -214,7 +217,10 @@ pub async fn disconnect(State(st): State<SharedState>, req: Request) -> Response
         Ok(b) => b,
         Err(r) => return r,
     };
-    let n = st.node.disconnect_user(&body.user, Disconnect::KICKED).await;
+    let n = st
+        .node
+        .disconnect_user(&body.user, Disconnect::KICKED)
+        .await;
     json_response(
         StatusCode::OK,
         serde_json::json!({ "disconnected": n }).to_string(),

@@ -25,10 +25,7 @@ pub async fn health(State(st): State<SharedState>) -> Response {
 
 pub async fn ready(State(st): State<SharedState>) -> Response {
     if st.draining.load(Ordering::Acquire) {
-        json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            r#"{"status":"draining"}"#,
-        )
+        json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
     } else {
         json_response(StatusCode::OK, r#"{"status":"ready"}"#)
     }
@@ -64,10 +61,7 @@ pub struct DevTokenQuery {
 }
 
 /// Mints a one-hour token for the demo page. Exists only in development mode.
-pub async fn dev_token(
-    State(st): State<SharedState>,
-    Query(q): Query<DevTokenQuery>,
-) -> Response {
+pub async fn dev_token(State(st): State<SharedState>, Query(q): Query<DevTokenQuery>) -> Response {
     let user = q.user.unwrap_or_default();
     if user.is_empty() || user.len() > 64 || ChannelName::personal(&user).is_err() {
         return error(

@@ -37,13 +37,13 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
             return true;
         }
         match a.split_once("://*.") {
-            Some((scheme, domain)) => origin
-                .split_once("://")
-                .is_some_and(|(s, host)| {
-                    s.eq_ignore_ascii_case(scheme)
-                        && host.len() > domain.len() + 1
-                        && host.to_ascii_lowercase().ends_with(&format!(".{}", domain.to_ascii_lowercase()))
-                }),
+            Some((scheme, domain)) => origin.split_once("://").is_some_and(|(s, host)| {
+                s.eq_ignore_ascii_case(scheme)
+                    && host.len() > domain.len() + 1
+                    && host
+                        .to_ascii_lowercase()
+                        .ends_with(&format!(".{}", domain.to_ascii_lowercase()))
+            }),
             None => false,
         }
     })
@@ -78,8 +78,10 @@ async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
             "bad_request",
             "this endpoint takes WebSocket upgrades (version 13) only",
         );
-        r.headers_mut()
-            .insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         r.headers_mut()
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return r;
@@ -127,7 +129,11 @@ async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
         }
     }
     let Some(key) = key else {
-        return error(StatusCode::BAD_REQUEST, "bad_request", "missing Sec-WebSocket-Key");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "missing Sec-WebSocket-Key",
+        );
     };
     let accept = {
         let mut sha = sha1_smol::Sha1::new();
