@@ -8,15 +8,42 @@ pub struct Disconnect {
 }
 
 impl Disconnect {
-    pub const NORMAL: Disconnect = Disconnect { code: 1000, reason: "normal" };
-    pub const SHUTDOWN: Disconnect = Disconnect { code: 1001, reason: "server shutting down" };
-    pub const EXPIRED: Disconnect = Disconnect { code: 1008, reason: "token expired" };
-    pub const RATE_LIMITED: Disconnect = Disconnect { code: 1008, reason: "rate limit exceeded" };
-    pub const TOO_LARGE: Disconnect = Disconnect { code: 1009, reason: "message too large" };
-    pub const INTERNAL: Disconnect = Disconnect { code: 1011, reason: "internal error" };
-    pub const SLOW: Disconnect = Disconnect { code: 1013, reason: "slow consumer" };
-    pub const KICKED: Disconnect = Disconnect { code: 4000, reason: "disconnected by the server API" };
+    pub const NORMAL: Disconnect = Disconnect {
+        code: 1000,
+        reason: "normal",
+    };
+    pub const SHUTDOWN: Disconnect = Disconnect {
+        code: 1001,
+        reason: "server shutting down",
+    };
+    pub const EXPIRED: Disconnect = Disconnect {
+        code: 1008,
+        reason: "token expired",
+    };
+    pub const RATE_LIMITED: Disconnect = Disconnect {
+        code: 1008,
+        reason: "rate limit exceeded",
+    };
+    pub const TOO_LARGE: Disconnect = Disconnect {
+        code: 1009,
+        reason: "message too large",
+    };
+    pub const INTERNAL: Disconnect = Disconnect {
+        code: 1011,
+        reason: "internal error",
+    };
+    pub const SLOW: Disconnect = Disconnect {
+        code: 1013,
+        reason: "slow consumer",
+    };
+    pub const KICKED: Disconnect = Disconnect {
+        code: 4000,
+        reason: "disconnected by the server API",
+    };
     /// Nothing arrived within `ping_interval + ping_timeout`: the peer is gone,
     /// so no close frame is attempted for long.
-    pub const STALE: Disconnect = Disconnect { code: 1001, reason: "no heartbeat" };
+    pub const STALE: Disconnect = Disconnect {
+        code: 1001,
+        reason: "no heartbeat",
+    };
 }

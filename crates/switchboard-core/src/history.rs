@@ -4,8 +4,8 @@
 //! The store assigns offsets; the broker calls it while it holds the channel's
 //! publish lock, so offsets and delivery order agree.
 
-use std::collections::{HashMap, VecDeque};
 use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
@@ -307,9 +307,21 @@ mod tests {
     fn recovery_beyond_retention_or_epoch_is_refused() {
         let h = MemoryHistory::new();
         let p = append(&h, 5);
-        assert!(!h.read(&ch(), &since(1, &p[0].epoch), KEEP).expect("read").recovered);
-        assert!(!h.read(&ch(), &since(4, "other"), KEEP).expect("read").recovered);
-        assert!(!h.read(&ch(), &since(9, &p[0].epoch), KEEP).expect("read").recovered);
+        assert!(
+            !h.read(&ch(), &since(1, &p[0].epoch), KEEP)
+                .expect("read")
+                .recovered
+        );
+        assert!(
+            !h.read(&ch(), &since(4, "other"), KEEP)
+                .expect("read")
+                .recovered
+        );
+        assert!(
+            !h.read(&ch(), &since(9, &p[0].epoch), KEEP)
+                .expect("read")
+                .recovered
+        );
     }
 
     #[test]

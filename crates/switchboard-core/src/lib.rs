@@ -25,10 +25,16 @@ pub mod presence;
 pub use broker::{Broker, BrokerError, BrokerEvents, MemoryBroker};
 pub use client::{ClientHandle, ClientInit, Out, Outbox, PushError};
 pub use disconnect::Disconnect;
-pub use history::{HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention};
+pub use history::{
+    HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention,
+};
 pub use hub::Hub;
 pub use metrics::Metrics;
 pub use namespace::{NamespacePolicy, Namespaces, SubscribeRule};
 pub use node::{CommandError, Node, NodeOptions, SubscribeOutcome};
 pub use presence::{MemoryPresence, PresenceEntry, PresenceStore};
 pub use switchboard_protocol as protocol;
+pub mod file_history;
+pub use file_history::{FileHistory, SyncMode};
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
