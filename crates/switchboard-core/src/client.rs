@@ -23,6 +23,8 @@ pub enum Out {
     Frame(Bytes),
     /// A protocol-level ping.
     Ping,
+    /// A control frame the transport answers with (pong, close): opcode, payload.
+    Control(u8, Bytes),
 }
 
 /// Why a push did not enter the outbox.
@@ -117,6 +119,14 @@ impl Outbox {
         into.extend(st.queue.drain(..));
         st.bytes = 0;
         st.closing
+    }
+
+    /// Takes the whole queue, leaving an empty one that holds no memory (an
+    /// idle client keeps no queue allocation), and tells whether it is closing.
+    pub fn take(&self) -> (VecDeque<Out>, Option<Disconnect>) {
+        let mut st = self.state.lock();
+        st.bytes = 0;
+        (std::mem::take(&mut st.queue), st.closing)
     }
 
     /// Waits until something was pushed or the outbox started closing.

@@ -228,7 +228,10 @@ mod tests {
     fn ping_decodes_without_id() {
         assert_eq!(
             decode_command(r#"{"op":"ping"}"#),
-            Ok(Command { id: None, op: Op::Ping })
+            Ok(Command {
+                id: None,
+                op: Op::Ping
+            })
         );
     }
 

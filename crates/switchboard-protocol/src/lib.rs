@@ -12,6 +12,7 @@
 pub mod channel;
 pub mod command;
 pub mod frame;
+pub mod websocket;
 
 pub use channel::{ChannelName, ChannelNameError, pattern_matches};
 pub use command::{Command, CommandError, Op, StreamPosition, decode_command};

@@ -6,12 +6,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::Bytes;
+use switchboard_core::metrics::CodeLabel;
 use switchboard_core::{ClientHandle, ClientInit, Disconnect, Node, Out};
 use switchboard_protocol::frame::{self, ErrorCode};
+use switchboard_protocol::websocket::{self, Decoder, Message, ProtocolError, opcode};
 use switchboard_protocol::{Op, decode_command};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_websockets::{CloseCode, Limits, Message, Payload, WebSocketStream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::auth::Token;
 use crate::http::AppState;
@@ -76,58 +82,259 @@ impl RateLimit {
     }
 }
 
-async fn send_close<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, d: Disconnect) {
-    let push = frame::disconnect(d.code, d.reason);
-    let close = Message::close(CloseCode::try_from(d.code).ok(), d.reason);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        if d != Disconnect::STALE {
-            ws.feed(Message::text(Payload::from(push))).await?;
-        }
-        ws.send(close).await?;
-        ws.close().await
-    })
-    .await;
+/// How many bytes one wake-up reads at most before letting writes and other
+/// clients run.
+const READ_BUDGET: usize = 256 * 1024;
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+thread_local! {
+    /// Reads land here first: an idle client owns no read buffer, only the
+    /// bytes of a frame that arrived in part.
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; SCRATCH_SIZE].into_boxed_slice());
 }
 
-async fn write_batch<S: AsyncRead + AsyncWrite + Unpin>(
-    ws: &mut WebSocketStream<S>,
-    batch: &mut Vec<Out>,
-) -> Result<(), tokio_websockets::Error> {
-    for out in batch.drain(..) {
-        let msg = match out {
-            Out::Frame(bytes) => Message::text(Payload::from(bytes)),
-            Out::Ping => Message::ping(Payload::from(bytes::Bytes::new())),
-        };
-        ws.feed(msg).await?;
+/// Frames waiting for the socket, written with vectored writes: each frame's
+/// header is built on the stack and its payload (shared with every other
+/// recipient) is written as it is.
+#[derive(Default)]
+struct WriteQueue {
+    frames: VecDeque<Out>,
+    /// Bytes of the first frame (header included) already written.
+    offset: usize,
+}
+
+fn opcode_and_payload(out: &Out) -> (u8, &[u8]) {
+    match out {
+        Out::Frame(b) => (opcode::TEXT, b),
+        Out::Ping => (opcode::PING, &[]),
+        Out::Control(op, b) => (*op, b),
     }
-    ws.flush().await
 }
 
-/// The WebSocket codec exactly as `/ws` configures it (the Autobahn echo
-/// example uses this too, so conformance is tested on the real settings).
-pub fn ws_builder(max_message_size: usize) -> tokio_websockets::ServerBuilder {
-    tokio_websockets::ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(max_message_size)))
+impl WriteQueue {
+    fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    fn push_all(&mut self, mut more: VecDeque<Out>) {
+        if self.frames.is_empty() {
+            // Reuse the taken queue: no copy, no allocation.
+            self.frames = more;
+        } else {
+            self.frames.append(&mut more);
+        }
+    }
+
+    /// Writes as much as the socket takes now. `Ok(true)` when all is written.
+    fn write_now(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        const MAX_FRAMES: usize = 64;
+        while !self.frames.is_empty() {
+            let mut headers = [([0u8; 10], 0usize); MAX_FRAMES];
+            for (h, out) in headers.iter_mut().zip(self.frames.iter()) {
+                let (op, payload) = opcode_and_payload(out);
+                *h = websocket::frame_header(op, payload.len());
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_FRAMES * 2];
+            let mut n_slices = 0;
+            for (i, (out, (h, hlen))) in self.frames.iter().zip(headers.iter()).enumerate() {
+                let (_, payload) = opcode_and_payload(out);
+                let skip = if i == 0 { self.offset } else { 0 };
+                if skip < *hlen {
+                    slices[n_slices] = IoSlice::new(&h[skip..*hlen]);
+                    slices[n_slices + 1] = IoSlice::new(payload);
+                    n_slices += 2;
+                } else {
+                    slices[n_slices] = IoSlice::new(&payload[skip - hlen..]);
+                    n_slices += 1;
+                }
+            }
+            let written = match stream.try_write_vectored(&slices[..n_slices]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            };
+            self.advance(written);
+        }
+        if self.frames.capacity() > 0 {
+            // An idle client keeps no queue memory.
+            self.frames = VecDeque::new();
+        }
+        Ok(true)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(front) = self.frames.front() else {
+                return;
+            };
+            let (op, payload) = opcode_and_payload(front);
+            let total = websocket::frame_header(op, payload.len()).1 + payload.len();
+            let left = total - self.offset;
+            if n >= left {
+                n -= left;
+                self.offset = 0;
+                self.frames.pop_front();
+            } else {
+                self.offset += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+/// One WebSocket connection's I/O: decoding what arrives, writing what is queued.
+struct Connection {
+    stream: TcpStream,
+    decoder: Decoder,
+    /// An incomplete frame's bytes; empty (unallocated) between frames.
+    partial: Vec<u8>,
+    out: WriteQueue,
+}
+
+enum ReadOutcome {
+    /// Messages decoded (maybe none); the socket may have more.
+    Messages(Vec<Message>),
+    /// The peer closed the TCP connection.
+    Eof,
+    /// The peer broke the protocol: close with this code.
+    Failed(ProtocolError),
+}
+
+impl Connection {
+    fn new(stream: TcpStream, already_read: &[u8], max_message: usize) -> Self {
+        Connection {
+            stream,
+            decoder: Decoder::new(max_message),
+            partial: already_read.to_vec(),
+            out: WriteQueue::default(),
+        }
+    }
+
+    fn decode(&mut self, bytes: &[u8], messages: &mut Vec<Message>) -> Result<(), ProtocolError> {
+        let used = self.decoder.decode(bytes, messages)?;
+        let rest = &bytes[used..];
+        self.partial = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.to_vec()
+        };
+        Ok(())
+    }
+
+    /// Reads what the socket has now (up to a budget) and decodes it.
+    fn read_now(&mut self) -> ReadOutcome {
+        let mut messages = Vec::new();
+        if !self.partial.is_empty() {
+            // Bytes that came with the upgrade request, or an incomplete frame
+            // (decoding it again only re-reads its header).
+            let partial = std::mem::take(&mut self.partial);
+            if let Err(e) = self.decode(&partial, &mut messages) {
+                return ReadOutcome::Failed(e);
+            }
+        }
+        let mut budget = READ_BUDGET;
+        while budget > 0 {
+            let r: Result<usize, Option<ProtocolError>> = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let n = match self.stream.try_read(&mut scratch[..]) {
+                    Ok(0) => return Err(None),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+                    Err(_) => return Err(None),
+                };
+                if self.partial.is_empty() {
+                    self.decode(&scratch[..n], &mut messages).map_err(Some)?;
+                } else {
+                    let mut partial = std::mem::take(&mut self.partial);
+                    partial.extend_from_slice(&scratch[..n]);
+                    self.decode(&partial, &mut messages).map_err(Some)?;
+                }
+                Ok(n)
+            });
+            match r {
+                Ok(0) => break,
+                Ok(n) => budget = budget.saturating_sub(n),
+                Err(None) if messages.is_empty() => return ReadOutcome::Eof,
+                Err(None) => break,
+                Err(Some(e)) => return ReadOutcome::Failed(e),
+            }
+            if matches!(messages.last(), Some(Message::Close(..))) {
+                break;
+            }
+        }
+        ReadOutcome::Messages(messages)
+    }
+
+    /// Writes everything queued, waiting for the socket up to `timeout`.
+    async fn flush(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.out.write_now(&self.stream)? {
+            tokio::select! {
+                r = self.stream.writable() => r?,
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a close frame (after what is queued, waiting up to `timeout` for
+    /// the socket), then waits briefly for the peer's close or EOF so the close
+    /// handshake completes.
+    async fn close(mut self, code: u16, reason: &str, timeout: Duration) {
+        let payload = websocket::close_payload(code, reason);
+        self.out
+            .frames
+            .push_back(Out::Control(opcode::CLOSE, Bytes::from(payload)));
+        if self.flush(timeout).await.is_err() {
+            return;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                if self.stream.readable().await.is_err() {
+                    return;
+                }
+                match self.read_now() {
+                    ReadOutcome::Eof | ReadOutcome::Failed(_) => return,
+                    ReadOutcome::Messages(m)
+                        if m.iter().any(|m| matches!(m, Message::Close(..))) =>
+                    {
+                        return;
+                    }
+                    ReadOutcome::Messages(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Queues the answer a control message needs. Returns the close to answer
+    /// with when the peer started the close handshake.
+    fn control(&mut self, m: &Message) -> Option<(u16, String)> {
+        match m {
+            Message::Ping(p) => {
+                self.out
+                    .frames
+                    .push_back(Out::Control(opcode::PONG, Bytes::copy_from_slice(p)));
+                None
+            }
+            Message::Close(code, _) => Some((code.unwrap_or(1000), String::new())),
+            _ => None,
+        }
+    }
 }
 
 /// Runs one client until it leaves or is closed.
-pub async fn run<S>(st: &Arc<AppState>, io: S, init: ClientInit)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut ws = ws_builder(st.cfg.ws.max_message_size).serve(io);
+pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], init: ClientInit) {
+    let mut conn = Connection::new(stream, already_read, st.cfg.ws.max_message_size);
     let node = &st.node;
     let client = match node.connect(init) {
         Ok(c) => c,
         Err(_) => {
-            send_close(
-                &mut ws,
-                Disconnect {
-                    code: 1013,
-                    reason: "connection limit",
-                },
-            )
-            .await;
+            conn.close(1013, "connection limit", Duration::from_secs(2))
+                .await;
             return;
         }
     };
@@ -136,73 +343,199 @@ where
     tracing::debug!("connected");
     let write_timeout = st.cfg.ws.ping_interval.0 + st.cfg.ws.ping_timeout.0;
     let mut limiter = RateLimit::new(st.cfg.limits.messages_per_second, Instant::now());
-    let mut batch = Vec::new();
-    loop {
-        let closing = client.outbox.drain(&mut batch);
-        if !batch.is_empty() {
-            match tokio::time::timeout(write_timeout, write_batch(&mut ws, &mut batch)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "write failed");
-                    batch.clear();
-                    break;
+    let mut stalled_since: Option<tokio::time::Instant> = None;
+    // Bytes may have come with the upgrade request: read before waiting.
+    let mut readable = !conn.partial.is_empty();
+    let close: Option<(u16, String)> = 'run: loop {
+        if readable {
+            readable = false;
+            let messages = match conn.read_now() {
+                ReadOutcome::Eof => break 'run None,
+                ReadOutcome::Failed(e) => {
+                    node.metrics
+                        .disconnects
+                        .get_or_create(&CodeLabel {
+                            code: e.close_code(),
+                        })
+                        .inc();
+                    break 'run Some((e.close_code(), e.reason().to_string()));
                 }
-                Err(_) => {
+                ReadOutcome::Messages(m) => m,
+            };
+            if !messages.is_empty() {
+                client.touch(node.now_ms());
+            }
+            for m in messages {
+                if let Some(close) = conn.control(&m) {
+                    break 'run Some(close);
+                }
+                if !matches!(m, Message::Text(_) | Message::Binary(_)) {
+                    continue;
+                }
+                node.metrics.messages_in.inc();
+                match limiter.check(Instant::now()) {
+                    Verdict::Allow => handle_frame(st, &client, m).await,
+                    Verdict::Limit => {
+                        let id = match &m {
+                            Message::Text(t) => decode_command(t).ok().and_then(|c| c.id),
+                            _ => None,
+                        };
+                        let _ = client.outbox.push(frame::error_reply(
+                            id,
+                            ErrorCode::RateLimited,
+                            "too many messages",
+                        ));
+                    }
+                    Verdict::Close => {
+                        node.close_client(&client, Disconnect::RATE_LIMITED).await;
+                        break;
+                    }
+                }
+            }
+        }
+        // Take more only once the socket took everything: while it is stalled,
+        // pushes pile up in the bounded outbox, which is what detects a slow
+        // consumer.
+        let closing = if conn.out.is_empty() {
+            let (queued, closing) = client.outbox.take();
+            conn.out.push_all(queued);
+            closing
+        } else {
+            client.outbox.closing()
+        };
+        match conn.out.write_now(&conn.stream) {
+            Ok(true) => stalled_since = None,
+            Ok(false) => {
+                let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= write_timeout {
                     tracing::info!("write timed out: the client takes no frames");
-                    batch.clear();
-                    break;
+                    break 'run None;
                 }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "write failed");
+                break 'run None;
             }
         }
         if let Some(d) = closing {
-            send_close(&mut ws, d).await;
-            break;
+            // What was queued before the close goes out first, then the reason.
+            let (rest, _) = client.outbox.take();
+            conn.out.push_all(rest);
+            if d != Disconnect::STALE {
+                conn.out
+                    .frames
+                    .push_back(Out::Frame(frame::disconnect(d.code, d.reason)));
+            }
+            break 'run Some((d.code, d.reason.to_string()));
         }
+        let stalled = stalled_since.map(|s| s + write_timeout);
         tokio::select! {
             biased;
             () = client.outbox.ready() => {}
-            msg = ws.next() => match msg {
-                None => break,
-                Some(Err(e)) => {
-                    if matches!(e, tokio_websockets::Error::PayloadTooLong { .. }) {
-                        // The codec has queued a 1009 close; let it out.
-                        node.metrics.disconnects.get_or_create(
-                            &switchboard_core::metrics::CodeLabel { code: 1009 }).inc();
-                        let _ = tokio::time::timeout(Duration::from_secs(2), ws.close()).await;
-                    }
-                    tracing::debug!(error = %e, "read failed");
-                    break;
-                }
-                Some(Ok(m)) => {
-                    client.touch(node.now_ms());
-                    if m.is_close() {
-                        continue;
-                    }
-                    if m.is_ping() || m.is_pong() {
-                        continue;
-                    }
-                    node.metrics.messages_in.inc();
-                    match limiter.check(Instant::now()) {
-                        Verdict::Allow => handle_frame(st, &client, &m).await,
-                        Verdict::Limit => {
-                            let id = m.as_text().and_then(|t| decode_command(t).ok()).and_then(|c| c.id);
-                            let _ = client.outbox.push(frame::error_reply(id, ErrorCode::RateLimited, "too many messages"));
-                        }
-                        Verdict::Close => {
-                            node.close_client(&client, Disconnect::RATE_LIMITED).await;
-                        }
-                    }
+            r = conn.stream.writable(), if stalled.is_some() => {
+                if r.is_err() {
+                    break 'run None;
                 }
             }
+            () = sleep_until_opt(stalled) => {}
+            r = conn.stream.readable() => {
+                if r.is_err() {
+                    break 'run None;
+                }
+                readable = true;
+            }
         }
-    }
+    };
     node.remove_client(&client).await;
+    if let Some((code, reason)) = close {
+        // Whatever the outbox still holds goes out before the close.
+        let (queued, _) = client.outbox.take();
+        conn.out.push_all(queued);
+        // A slow consumer gets its close once it reads what its socket holds,
+        // for as long as a live client may take to answer a ping.
+        conn.close(code, &reason, write_timeout).await;
+    }
     tracing::debug!("disconnected");
 }
 
-async fn handle_frame(st: &AppState, client: &Arc<ClientHandle>, m: &Message) {
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// An echo server on the same connection code as `/ws`, for the Autobahn
+/// conformance suite: it answers the upgrade itself and echoes every message.
+pub async fn echo(mut stream: TcpStream, max_message: usize) -> io::Result<()> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > 16 * 1024 {
+            return Ok(());
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..end]).to_string();
+    let key = text
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("sec-websocket-key")
+                .then(|| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    let response = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+        crate::http::ws::accept_key(key.as_bytes())
+    );
+    stream.write_all(response.as_bytes()).await?;
+    let mut conn = Connection::new(stream, &head[end..], max_message);
+    loop {
+        conn.flush(Duration::from_secs(30)).await?;
+        let messages = if conn.partial.is_empty() {
+            conn.stream.readable().await?;
+            conn.read_now()
+        } else {
+            conn.read_now()
+        };
+        let messages = match messages {
+            ReadOutcome::Eof => return Ok(()),
+            ReadOutcome::Failed(e) => {
+                conn.close(e.close_code(), e.reason(), Duration::from_secs(5))
+                    .await;
+                return Ok(());
+            }
+            ReadOutcome::Messages(m) => m,
+        };
+        for m in messages {
+            if let Some((code, reason)) = conn.control(&m) {
+                conn.close(code, &reason, Duration::from_secs(5)).await;
+                return Ok(());
+            }
+            match m {
+                Message::Text(t) => conn.out.frames.push_back(Out::Frame(Bytes::from(t))),
+                Message::Binary(b) => conn
+                    .out
+                    .frames
+                    .push_back(Out::Control(opcode::BINARY, Bytes::from(b))),
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn handle_frame(st: &AppState, client: &Arc<ClientHandle>, m: Message) {
     let node = &st.node;
-    let Some(text) = m.as_text() else {
+    let Message::Text(text) = m else {
         let _ = client.outbox.push(frame::error_reply(
             None,
             ErrorCode::BadRequest,
@@ -210,6 +543,7 @@ async fn handle_frame(st: &AppState, client: &Arc<ClientHandle>, m: &Message) {
         ));
         return;
     };
+    let text = text.as_str();
     let cmd = match decode_command(text) {
         Ok(c) => c,
         Err(e) => {

@@ -11,6 +11,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use switchboard_core::ClientInit;
 use switchboard_core::hub::AddError;
+use tokio::net::TcpStream;
 
 use super::{SharedState, error, unavailable};
 use crate::auth::{AuthError, extract_token};
@@ -47,6 +48,14 @@ pub fn origin_allowed(allowed: &[String], origin: &str) -> bool {
             None => false,
         }
     })
+}
+
+/// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key` (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(WS_GUID.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
 pub async fn upgrade(State(st): State<SharedState>, req: Request) -> Response {
@@ -135,12 +144,7 @@ async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
             "missing Sec-WebSocket-Key",
         );
     };
-    let accept = {
-        let mut sha = sha1_smol::Sha1::new();
-        sha.update(key.as_bytes());
-        sha.update(WS_GUID.as_bytes());
-        base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
-    };
+    let accept = accept_key(key.as_bytes());
     let init = ClientInit {
         user: claims.sub,
         info: claims.info.map(|v| v.to_string()),
@@ -152,7 +156,15 @@ async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
     state.live_transports.fetch_add(1, Ordering::AcqRel);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => transport::run(&state, TokioIo::new(upgraded), init).await,
+            // The server serves plain TCP streams, so the upgraded connection is
+            // one: the transport reads and writes the socket itself.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
+                Ok(parts) => {
+                    let stream = parts.io.into_inner();
+                    transport::run(&state, stream, &parts.read_buf, init).await;
+                }
+                Err(_) => tracing::warn!("upgraded connection is not a TCP stream"),
+            },
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
         state.live_transports.fetch_sub(1, Ordering::AcqRel);

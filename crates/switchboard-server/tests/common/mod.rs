@@ -23,12 +23,14 @@ pub const API_KEY: &str = "test-api-key";
 /// A config for tests: known secret and key, a `chat` namespace with
 /// everything on, and a generous rate limit.
 pub fn config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".into();
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        shutdown_timeout: Dur::secs(2),
+        ..Default::default()
+    };
     c.auth.hmac_secret = SECRET.into();
     c.api.key = API_KEY.into();
     c.limits.messages_per_second = 100_000;
-    c.shutdown_timeout = Dur::secs(2);
     c.namespaces = vec![
         NamespaceConfig {
             name: "chat".into(),
@@ -103,7 +105,14 @@ impl TestServer {
     }
 
     pub async fn http(&self, method: &str, path: &str, body: Option<&str>) -> HttpResponse {
-        http(self.addr, method, path, &[("Authorization", &format!("Bearer {API_KEY}"))], body).await
+        http(
+            self.addr,
+            method,
+            path,
+            &[("Authorization", &format!("Bearer {API_KEY}"))],
+            body,
+        )
+        .await
     }
 
     pub async fn publish(&self, channel: &str, data: Value) -> Value {
@@ -141,7 +150,9 @@ pub const WAIT: Duration = Duration::from_secs(5);
 
 impl Client {
     pub async fn connect(addr: SocketAddr, token: &str) -> Client {
-        let uri: http::Uri = format!("ws://{addr}/ws?token={token}").parse().expect("uri");
+        let uri: http::Uri = format!("ws://{addr}/ws?token={token}")
+            .parse()
+            .expect("uri");
         let (ws, _) = ClientBuilder::from_uri(uri)
             .connect()
             .await
@@ -286,7 +297,11 @@ impl HttpResponse {
     /// The contract's error body: `{"error": {"code", "message"}}`.
     pub fn error_code(&self) -> String {
         let v = self.json();
-        assert!(v["error"]["message"].is_string(), "error body: {}", self.body);
+        assert!(
+            v["error"]["message"].is_string(),
+            "error body: {}",
+            self.body
+        );
         v["error"]["code"].as_str().expect("code").to_string()
     }
 }
@@ -366,7 +381,11 @@ pub fn parse_response(buf: &[u8]) -> HttpResponse {
     let chunked = headers
         .iter()
         .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     HttpResponse {
         status,
         headers,
@@ -377,7 +396,9 @@ pub fn parse_response(buf: &[u8]) -> HttpResponse {
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || rest.len() < n {
             break;
         }
