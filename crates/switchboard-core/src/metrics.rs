@@ -49,6 +49,8 @@ pub const REJECT_REASONS: &[&str] = &[
     "expired",
     "not_yet_valid",
     "audience_or_issuer",
+    "unknown_key",
+    "keys_unavailable",
     "node_full",
     "user_full",
 ];

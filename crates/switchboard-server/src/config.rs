@@ -110,6 +110,12 @@ pub struct AuthConfig {
     pub hmac_secret: String,
     /// PEM public key (RSA, EC or Ed25519) for RS*/PS*/ES*/EdDSA tokens.
     pub public_key_file: String,
+    /// A JWK Set file; a token's key is chosen by its `kid`.
+    pub jwks_file: String,
+    /// A JWK Set fetched over http://, cached, and fetched again on an unknown `kid`.
+    pub jwks_url: String,
+    /// Minimum time between two fetches of `jwks_url` triggered by unknown `kid`s.
+    pub jwks_refresh_interval: Dur,
     /// Required `aud`; empty: not checked.
     pub audience: String,
     /// Required `iss`; empty: not checked.
@@ -127,6 +133,9 @@ impl fmt::Debug for AuthConfig {
         f.debug_struct("AuthConfig")
             .field("hmac_secret", &redact(&self.hmac_secret))
             .field("public_key_file", &self.public_key_file)
+            .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_refresh_interval", &self.jwks_refresh_interval)
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
             .field("leeway", &self.leeway)
@@ -134,6 +143,67 @@ impl fmt::Debug for AuthConfig {
             .field("expire_connections", &self.expire_connections)
             .field("require_exp", &self.require_exp)
             .finish()
+    }
+}
+
+impl AuthConfig {
+    /// The key sources that are set, by config key name.
+    fn key_sources(&self) -> Vec<&'static str> {
+        [
+            ("hmac_secret", &self.hmac_secret),
+            ("public_key_file", &self.public_key_file),
+            ("jwks_file", &self.jwks_file),
+            ("jwks_url", &self.jwks_url),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, _)| k)
+        .collect()
+    }
+
+    /// Every problem of the `[auth]` section, each naming its key. Key and
+    /// JWKS files are read and parsed here, so a bad one stops the start
+    /// (and `check-config`).
+    fn problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        match self.key_sources().as_slice() {
+            [] => errs.push(
+                "auth.hmac_secret: a secret (or auth.public_key_file, auth.jwks_file or \
+                 auth.jwks_url) is required"
+                    .into(),
+            ),
+            [_] => {}
+            many => errs.push(format!(
+                "auth: set exactly one of hmac_secret, public_key_file, jwks_file and \
+                 jwks_url (found {})",
+                many.join(", ")
+            )),
+        }
+        if !self.hmac_secret.is_empty() && self.hmac_secret.len() < 16 {
+            errs.push("auth.hmac_secret: must be at least 16 bytes".into());
+        }
+        if !self.public_key_file.is_empty()
+            && let Err(e) = crate::auth::check_public_key_file(&self.public_key_file)
+        {
+            errs.push(e);
+        }
+        if !self.jwks_file.is_empty()
+            && let Err(e) = crate::auth::check_jwks_file(&self.jwks_file)
+        {
+            errs.push(e);
+        }
+        if !self.jwks_url.is_empty()
+            && let Err(e) = crate::auth::check_jwks_url(&self.jwks_url)
+        {
+            errs.push(e);
+        }
+        if self.jwks_refresh_interval.0.is_zero() {
+            errs.push("auth.jwks_refresh_interval: must be above 0".into());
+        }
+        if self.cookie_name.is_empty() {
+            errs.push("auth.cookie_name: must not be empty".into());
+        }
+        errs
     }
 }
 
@@ -200,10 +270,16 @@ pub struct PresenceConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
-    /// `memory`.
+    /// `memory` (lost on restart) or `file` (survives restarts).
     pub store: String,
+    /// The file of `store = "file"`.
     pub path: String,
+    /// `always`: a publish is answered once it is on disk. `batch`: commits
+    /// are grouped and made durable within `batch_delay`; a crash loses at
+    /// most that window.
     pub sync: String,
+    /// Longest delay before a batched commit is on disk.
+    pub batch_delay: Dur,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -251,6 +327,9 @@ impl Default for AuthConfig {
         AuthConfig {
             hmac_secret: String::new(),
             public_key_file: String::new(),
+            jwks_file: String::new(),
+            jwks_url: String::new(),
+            jwks_refresh_interval: Dur::secs(300),
             audience: String::new(),
             issuer: String::new(),
             leeway: Dur::secs(5),
@@ -315,6 +394,7 @@ impl Default for HistoryConfig {
             store: "memory".into(),
             path: "data/history.db".into(),
             sync: "always".into(),
+            batch_delay: Dur(Duration::from_millis(10)),
         }
     }
 }
@@ -492,22 +572,7 @@ impl Config {
                 self.text_channel
             ));
         }
-        if self.auth.hmac_secret.is_empty() && self.auth.public_key_file.is_empty() {
-            errs.push("auth.hmac_secret: a secret (or auth.public_key_file) is required".into());
-        }
-        if !self.auth.hmac_secret.is_empty() && self.auth.hmac_secret.len() < 16 {
-            errs.push("auth.hmac_secret: must be at least 16 bytes".into());
-        }
-        if !self.auth.public_key_file.is_empty() && !Path::new(&self.auth.public_key_file).exists()
-        {
-            errs.push(format!(
-                "auth.public_key_file: `{}` does not exist",
-                self.auth.public_key_file
-            ));
-        }
-        if self.auth.cookie_name.is_empty() {
-            errs.push("auth.cookie_name: must not be empty".into());
-        }
+        errs.extend(self.auth.problems());
         if self.api.key.is_empty() {
             errs.push("api.key: an API key is required".into());
         }
@@ -551,11 +616,17 @@ impl Config {
                 self.broker.kind
             ));
         }
-        if self.history.store != "memory" {
+        if !matches!(self.history.store.as_str(), "memory" | "file") {
             errs.push(format!(
-                "history.store: `{}` is not available in this build (use \"memory\")",
+                "history.store: `{}` must be \"memory\" or \"file\"",
                 self.history.store
             ));
+        }
+        if self.history.store == "file" && self.history.path.is_empty() {
+            errs.push("history.path: a file path is required with store = \"file\"".into());
+        }
+        if self.history.batch_delay.0.is_zero() || self.history.batch_delay.0 > Duration::from_secs(1) {
+            errs.push("history.batch_delay: must be above 0 and at most 1s".into());
         }
         if !matches!(self.history.sync.as_str(), "always" | "batch") {
             errs.push(format!(

@@ -131,8 +131,14 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let mut env = env_vars();
     let has = |k: &str, env: &[(String, String)]| env.iter().any(|(n, v)| n == k && !v.is_empty());
     let dev = config.is_none()
-        && !has("SWITCHBOARD_AUTH_HMAC_SECRET", &env)
-        && !has("SWITCHBOARD_AUTH_PUBLIC_KEY_FILE", &env);
+        && ![
+            "SWITCHBOARD_AUTH_HMAC_SECRET",
+            "SWITCHBOARD_AUTH_PUBLIC_KEY_FILE",
+            "SWITCHBOARD_AUTH_JWKS_FILE",
+            "SWITCHBOARD_AUTH_JWKS_URL",
+        ]
+        .iter()
+        .any(|k| has(k, &env));
     let mut generated = None;
     if dev {
         let secret = random_hex(32);
