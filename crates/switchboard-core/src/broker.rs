@@ -79,6 +79,17 @@ pub trait Broker: Send + Sync + 'static {
 
 const SHARDS: usize = 64;
 
+/// Runs a step that waits on the disk (an fsync) without stalling the other
+/// tasks of its worker thread, where the runtime allows it.
+fn blocking<T>(step: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(step)
+        }
+        _ => step(),
+    }
+}
+
 /// The single-process broker: history from a [`HistoryStore`], delivery
 /// straight to the bound node.
 pub struct MemoryBroker {
@@ -132,13 +143,20 @@ impl Broker for MemoryBroker {
         retention: Retention,
     ) -> Result<StreamPosition, BrokerError> {
         let events = self.events()?;
-        let _order = self.lock(channel);
-        let publication = self.history.append(channel, data, from, retention)?;
-        events.on_publication(&publication);
-        Ok(StreamPosition {
-            offset: publication.offset,
-            epoch: publication.epoch.to_string(),
-        })
+        let step = || {
+            let _order = self.lock(channel);
+            let publication = self.history.append(channel, data, from, retention)?;
+            events.on_publication(&publication);
+            Ok(StreamPosition {
+                offset: publication.offset,
+                epoch: publication.epoch.to_string(),
+            })
+        };
+        if self.history.blocks() {
+            blocking(step)
+        } else {
+            step()
+        }
     }
 
     async fn push(&self, channel: &ChannelName, frame: Bytes) -> Result<(), BrokerError> {

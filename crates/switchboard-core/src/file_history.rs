@@ -656,6 +656,11 @@ fn trim(
 }
 
 impl HistoryStore for FileHistory {
+    fn blocks(&self) -> bool {
+        // Only `always` waits for an fsync on every append.
+        matches!(self.inner.sync, SyncMode::Always)
+    }
+
     fn append(
         &self,
         channel: &ChannelName,

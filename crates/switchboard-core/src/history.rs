@@ -82,6 +82,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// one-off channels do not grow memory forever (their next publication
     /// starts a new epoch, as the contract allows for lost history).
     fn sweep(&self, idle: Duration);
+
+    /// Whether `append` waits on the disk, so callers keep it off the
+    /// async workers' hot path.
+    fn blocks(&self) -> bool {
+        false
+    }
 }
 
 /// A fresh epoch: random, so a restarted node never reuses one.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use switchboard_core::{
-    Disconnect, MemoryBroker, MemoryHistory, MemoryPresence, Namespaces, Node, NodeOptions,
+    Disconnect, FileHistory, HistoryStore, MemoryBroker, MemoryHistory, MemoryPresence,
+    Namespaces, Node, NodeOptions, SyncMode,
 };
 use switchboard_protocol::ChannelName;
 use tokio::net::{TcpListener, TcpSocket};
@@ -46,7 +47,19 @@ pub fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> {
         ping_timeout: cfg.ws.ping_timeout.0,
         leeway: cfg.auth.leeway.0,
     };
-    let broker = Arc::new(MemoryBroker::new(Arc::new(MemoryHistory::new())));
+    let history: Arc<dyn HistoryStore> = if cfg.history.store == "file" {
+        let sync = if cfg.history.sync == "batch" {
+            SyncMode::Batch {
+                max_delay: cfg.history.batch_delay.0,
+            }
+        } else {
+            SyncMode::Always
+        };
+        Arc::new(FileHistory::open(&cfg.history.path, sync).map_err(|e| e.to_string())?)
+    } else {
+        Arc::new(MemoryHistory::new())
+    };
+    let broker = Arc::new(MemoryBroker::new(history));
     let node = Node::new(opts, broker, Arc::new(MemoryPresence::default()));
     let registry = node.metrics.registry();
     let text_channel = if cfg.text_channel.is_empty() {
