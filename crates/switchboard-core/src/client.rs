@@ -30,8 +30,9 @@ pub enum Out {
 /// Why a push did not enter the outbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
-    /// The outbox would exceed its byte bound: the client must be closed as slow.
-    Overflow,
+    /// The outbox would exceed its byte bound: the client must be closed as
+    /// slow. Carries the number of frames discarded (the queue and this one).
+    Overflow(usize),
     /// The client is already closing; the push is dropped with it.
     Closed,
 }
@@ -71,12 +72,13 @@ impl Outbox {
             return Err(PushError::Closed);
         }
         if st.bytes + frame.len() > self.max_bytes {
-            st.queue.clear();
+            let dropped = st.queue.len() + 1;
+            st.queue = VecDeque::new();
             st.bytes = 0;
             st.closing = Some(Disconnect::SLOW);
             drop(st);
             self.notify.notify_one();
-            return Err(PushError::Overflow);
+            return Err(PushError::Overflow(dropped));
         }
         st.bytes += frame.len();
         st.queue.push_back(Out::Frame(frame));
@@ -217,7 +219,10 @@ mod tests {
         let o = Outbox::new(10);
         assert_eq!(o.push(Bytes::from_static(b"12345")), Ok(()));
         assert_eq!(o.push(Bytes::from_static(b"12345")), Ok(()));
-        assert_eq!(o.push(Bytes::from_static(b"1")), Err(PushError::Overflow));
+        assert_eq!(
+            o.push(Bytes::from_static(b"1")),
+            Err(PushError::Overflow(3))
+        );
         assert_eq!(o.push(Bytes::from_static(b"1")), Err(PushError::Closed));
         let mut v = Vec::new();
         assert_eq!(o.drain(&mut v), Some(Disconnect::SLOW));

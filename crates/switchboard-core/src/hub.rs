@@ -35,6 +35,8 @@ pub struct BroadcastOutcome {
     pub delivered: usize,
     /// Clients whose outbox overflowed: the caller closes them as slow.
     pub overflowed: Vec<Arc<ClientHandle>>,
+    /// Frames discarded with the overflowed queues.
+    pub dropped: usize,
 }
 
 #[derive(Debug)]
@@ -157,7 +159,10 @@ impl Hub {
             for client in subs.values() {
                 match client.outbox.push(frame.clone()) {
                     Ok(()) => out.delivered += 1,
-                    Err(PushError::Overflow) => out.overflowed.push(client.clone()),
+                    Err(PushError::Overflow(n)) => {
+                        out.overflowed.push(client.clone());
+                        out.dropped += n;
+                    }
                     Err(PushError::Closed) => {}
                 }
             }

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub messages_in: Counter,
     pub messages_out: Counter,
     pub publications: Counter,
+    pub deliveries: Counter,
     pub publications_stored: Counter,
     pub publications_recovered: Counter,
     pub fanout_seconds: Histogram,
@@ -63,6 +64,7 @@ impl Default for Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
             publications: Counter::default(),
+            deliveries: Counter::default(),
             publications_stored: Counter::default(),
             publications_recovered: Counter::default(),
             // 10 µs .. ~5 s
@@ -132,7 +134,7 @@ impl Metrics {
         );
         r.register(
             "dropped_deliveries",
-            "Deliveries dropped with a slow client's queue",
+            "Frames discarded with slow clients' queues (publications and pushes)",
             self.dropped_deliveries.clone(),
         );
         r.register(

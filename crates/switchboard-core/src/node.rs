@@ -174,6 +174,7 @@ impl Node {
         self.metrics.messages_out.inc_by(out.delivered as u64);
         if is_publication {
             self.metrics.publications.inc();
+            self.metrics.deliveries.inc_by(out.delivered as u64);
             self.metrics
                 .fanout_seconds
                 .observe(start.elapsed().as_secs_f64());

@@ -8,11 +8,22 @@ use serde_json::json;
 #[tokio::test]
 async fn api_calls_need_the_key() {
     let s = TestServer::start(config()).await;
-    for (m, p) in [("POST", "/api/publish"), ("GET", "/api/online"), ("GET", "/api/info")] {
+    for (m, p) in [
+        ("POST", "/api/publish"),
+        ("GET", "/api/online"),
+        ("GET", "/api/info"),
+    ] {
         let r = http(s.addr, m, p, &[], Some("{}")).await;
         assert_eq!(r.status, 401, "{p}");
         assert_eq!(r.error_code(), "unauthorized");
-        let r = http(s.addr, m, p, &[("Authorization", "Bearer wrong")], Some("{}")).await;
+        let r = http(
+            s.addr,
+            m,
+            p,
+            &[("Authorization", "Bearer wrong")],
+            Some("{}"),
+        )
+        .await;
         assert_eq!(r.status, 401, "{p}");
     }
 }
@@ -33,7 +44,11 @@ async fn malformed_bodies_get_400_and_change_nothing() {
         assert_eq!(r.error_code(), "bad_request");
     }
     let r = s
-        .http("POST", "/api/broadcast", Some(r#"{"channels": ["chat:a", "bad name"], "data": 1}"#))
+        .http(
+            "POST",
+            "/api/broadcast",
+            Some(r#"{"channels": ["chat:a", "bad name"], "data": 1}"#),
+        )
         .await;
     assert_eq!(r.status, 400);
     let h = s.http("GET", "/api/history/chat:a", None).await.json();
@@ -50,7 +65,11 @@ async fn publish_broadcast_and_history() {
     assert_eq!(r["offset"], 1);
     assert!(r["epoch"].is_string());
     let r = s
-        .http("POST", "/api/broadcast", Some(r#"{"channels": ["chat:a", "chat:b"], "data": {"y": 2}}"#))
+        .http(
+            "POST",
+            "/api/broadcast",
+            Some(r#"{"channels": ["chat:a", "chat:b"], "data": {"y": 2}}"#),
+        )
         .await;
     assert_eq!(r.status, 200);
     let results = r.json()["results"].clone();
@@ -61,16 +80,26 @@ async fn publish_broadcast_and_history() {
     let mut got = Vec::new();
     for _ in 0..3 {
         let p = a.recv_type("pub").await;
-        got.push((p["channel"].as_str().unwrap_or("").to_string(), p["offset"].as_u64()));
+        got.push((
+            p["channel"].as_str().unwrap_or("").to_string(),
+            p["offset"].as_u64(),
+        ));
     }
     assert!(got.contains(&("chat:b".into(), Some(1))));
-    let h = s.http("GET", "/api/history/chat:a?limit=1", None).await.json();
+    let h = s
+        .http("GET", "/api/history/chat:a?limit=1", None)
+        .await
+        .json();
     assert_eq!(h["offset"], 2);
     assert_eq!(h["publications"].as_array().map(Vec::len), Some(1));
     assert_eq!(h["publications"][0]["data"]["y"], 2);
     let epoch = h["epoch"].as_str().unwrap_or_default().to_string();
     let h = s
-        .http("GET", &format!("/api/history/chat:a?since_offset=0&epoch={epoch}"), None)
+        .http(
+            "GET",
+            &format!("/api/history/chat:a?since_offset=0&epoch={epoch}"),
+            None,
+        )
         .await
         .json();
     assert_eq!(h["publications"].as_array().map(Vec::len), Some(2));

@@ -38,14 +38,14 @@ fn start(config: &std::path::Path) -> (Child, SocketAddr) {
 
 async fn publish(addr: SocketAddr, seq: u64) -> Option<(u64, String)> {
     let body = format!(r#"{{"channel":"chat:crash","data":{{"seq":{seq}}}}}"#);
-    let r = http(
+    let r = try_http(
         addr,
         "POST",
         "/api/publish",
         &[("Authorization", &format!("Bearer {API_KEY}"))],
         Some(&body),
     )
-    .await;
+    .await?;
     if r.status != 200 {
         return None;
     }
@@ -99,7 +99,10 @@ async fn acknowledged_publications_survive_sigkill() {
     for p in publishers {
         acked.extend(p.await.expect("publisher"));
     }
-    assert!(!acked.is_empty(), "nothing was acknowledged before the kill");
+    assert!(
+        !acked.is_empty(),
+        "nothing was acknowledged before the kill"
+    );
     let (mut child, addr) = start(&config);
     let r = http(
         addr,
@@ -133,7 +136,11 @@ async fn acknowledged_publications_survive_sigkill() {
     for (offset, e, seq) in &acked {
         assert_eq!(e, epoch, "the epoch changed across the restart");
         let found = stored.get((*offset - 1) as usize);
-        assert_eq!(found, Some(&(*offset, *seq)), "acknowledged offset {offset} lost");
+        assert_eq!(
+            found,
+            Some(&(*offset, *seq)),
+            "acknowledged offset {offset} lost"
+        );
     }
     eprintln!(
         "crash test: {} acknowledged, {} stored, killed after {kill_after:?}",

@@ -16,10 +16,20 @@ fn sign(claims: serde_json::Value) -> String {
 }
 
 async fn handshake(s: &TestServer, query: &str, extra: &[(&str, &str)]) -> HttpResponse {
-    raw_http(s.addr, &upgrade_request(s.addr, &format!("/ws{query}"), extra)).await
+    raw_http(
+        s.addr,
+        &upgrade_request(s.addr, &format!("/ws{query}"), extra),
+    )
+    .await
 }
 
-async fn assert_refused(s: &TestServer, query: &str, extra: &[(&str, &str)], status: u16, code: &str) {
+async fn assert_refused(
+    s: &TestServer,
+    query: &str,
+    extra: &[(&str, &str)],
+    status: u16,
+    code: &str,
+) {
     let r = handshake(s, query, extra).await;
     assert_eq!(r.status, status, "{query} {extra:?}: {}", r.body);
     assert_eq!(r.error_code(), code);
@@ -31,9 +41,15 @@ async fn a_valid_token_upgrades_from_header_query_or_cookie() {
     let s = TestServer::start(config()).await;
     let t = s.token("alice");
     for (q, h) in [
-        ("".to_string(), vec![("Authorization".to_string(), format!("Bearer {t}"))]),
+        (
+            "".to_string(),
+            vec![("Authorization".to_string(), format!("Bearer {t}"))],
+        ),
         (format!("?token={t}"), vec![]),
-        ("".to_string(), vec![("Cookie".to_string(), format!("other=1; sb_token={t}"))]),
+        (
+            "".to_string(),
+            vec![("Cookie".to_string(), format!("other=1; sb_token={t}"))],
+        ),
     ] {
         let extra: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let r = handshake(&s, &q, &extra).await;
@@ -62,24 +78,40 @@ async fn bad_tokens_are_refused_401_before_the_upgrade() {
         // {"alg":"none"} with a valid-looking body and no signature
         (
             "alg none",
-            "?token=eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ.".to_string(),
+            "?token=eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhIiwiZXhwIjo5OTk5OTk5OTk5fQ."
+                .to_string(),
         ),
-        ("expired", format!("?token={}", sign(json!({"sub": "a", "exp": now - 60})))),
+        (
+            "expired",
+            format!("?token={}", sign(json!({"sub": "a", "exp": now - 60}))),
+        ),
         (
             "not yet valid",
-            format!("?token={}", sign(json!({"sub": "a", "exp": now + 600, "nbf": now + 300}))),
+            format!(
+                "?token={}",
+                sign(json!({"sub": "a", "exp": now + 600, "nbf": now + 300}))
+            ),
         ),
         ("no exp", format!("?token={}", sign(json!({"sub": "a"})))),
-        ("no sub", format!("?token={}", sign(json!({"exp": now + 60})))),
+        (
+            "no sub",
+            format!("?token={}", sign(json!({"exp": now + 60}))),
+        ),
     ];
     for (what, q) in cases {
         let r = handshake(&s, &q, &[]).await;
         assert_eq!(r.status, 401, "{what}: {}", r.body);
         assert_eq!(r.error_code(), "unauthorized", "{what}");
-        assert!(!r.body.contains(q.trim_start_matches("?token=")) || q.is_empty(), "{what}: token echoed");
+        assert!(
+            !r.body.contains(q.trim_start_matches("?token=")) || q.is_empty(),
+            "{what}: token echoed"
+        );
     }
     let metrics = s.http("GET", "/metrics", None).await.body;
-    assert!(metrics.contains("switchboard_handshakes_rejected_total{reason=\"expired\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("switchboard_handshakes_rejected_total{reason=\"expired\"} 1"),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
@@ -90,7 +122,10 @@ async fn audience_and_issuer_must_match_when_configured() {
     let s = TestServer::start(cfg).await;
     let exp = now() + 600;
     let good = sign(json!({"sub": "a", "exp": exp, "aud": "my-app", "iss": "my-auth"}));
-    assert_eq!(handshake(&s, &format!("?token={good}"), &[]).await.status, 101);
+    assert_eq!(
+        handshake(&s, &format!("?token={good}"), &[]).await.status,
+        101
+    );
     for claims in [
         json!({"sub": "a", "exp": exp, "aud": "other", "iss": "my-auth"}),
         json!({"sub": "a", "exp": exp, "aud": "my-app", "iss": "other"}),
@@ -105,12 +140,25 @@ async fn audience_and_issuer_must_match_when_configured() {
 #[tokio::test]
 async fn a_foreign_origin_is_refused_403_and_no_origin_is_allowed() {
     let mut cfg = config();
-    cfg.ws.allowed_origins = vec!["http://localhost:8000".into(), "https://*.example.com".into()];
+    cfg.ws.allowed_origins = vec![
+        "http://localhost:8000".into(),
+        "https://*.example.com".into(),
+    ];
     let s = TestServer::start(cfg).await;
     let q = format!("?token={}", s.token("a"));
     assert_refused(&s, &q, &[("Origin", "https://evil.com")], 403, "forbidden").await;
-    assert_eq!(handshake(&s, &q, &[("Origin", "https://app.example.com")]).await.status, 101);
-    assert_eq!(handshake(&s, &q, &[("Origin", "http://localhost:8000")]).await.status, 101);
+    assert_eq!(
+        handshake(&s, &q, &[("Origin", "https://app.example.com")])
+            .await
+            .status,
+        101
+    );
+    assert_eq!(
+        handshake(&s, &q, &[("Origin", "http://localhost:8000")])
+            .await
+            .status,
+        101
+    );
     assert_eq!(handshake(&s, &q, &[]).await.status, 101);
 }
 
@@ -125,7 +173,10 @@ async fn node_and_user_limits_answer_503_with_retry_after() {
     let r = handshake(&s, &format!("?token={}", s.token("alice")), &[]).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.error_code(), "limit_exceeded");
-    assert!(r.header("retry-after").is_some_and(|v| v.parse::<u32>().is_ok()));
+    assert!(
+        r.header("retry-after")
+            .is_some_and(|v| v.parse::<u32>().is_ok())
+    );
     let _b = s.client("bob").await;
     let r = handshake(&s, &format!("?token={}", s.token("carol")), &[]).await;
     assert_eq!(r.status, 503);
@@ -135,7 +186,14 @@ async fn node_and_user_limits_answer_503_with_retry_after() {
 #[tokio::test]
 async fn a_plain_request_to_ws_is_not_an_upgrade() {
     let s = TestServer::start(config()).await;
-    let r = http(s.addr, "GET", &format!("/ws?token={}", s.token("a")), &[], None).await;
+    let r = http(
+        s.addr,
+        "GET",
+        &format!("/ws?token={}", s.token("a")),
+        &[],
+        None,
+    )
+    .await;
     assert!(r.status == 400 || r.status == 426, "{}", r.status);
     assert_eq!(r.error_code(), "bad_request");
 }
@@ -144,11 +202,16 @@ async fn a_plain_request_to_ws_is_not_an_upgrade() {
 async fn a_client_that_never_finishes_its_request_is_dropped_after_handshake_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut cfg = config();
-    cfg.ws.handshake_timeout = switchboard_server::config::Dur(std::time::Duration::from_millis(500));
+    cfg.ws.handshake_timeout =
+        switchboard_server::config::Dur(std::time::Duration::from_millis(500));
     let s = TestServer::start(cfg).await;
     let started = std::time::Instant::now();
-    let mut silent = tokio::net::TcpStream::connect(s.addr).await.expect("connect");
-    let mut trickle = tokio::net::TcpStream::connect(s.addr).await.expect("connect");
+    let mut silent = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    let mut trickle = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
     let trickler = tokio::spawn(async move {
         for b in b"GET /ws HTTP/1.1\r\nHost: x\r\n".iter().cycle().take(200) {
             if trickle.write_all(&[*b]).await.is_err() {

@@ -314,6 +314,27 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> HttpResponse {
+    raw_http(addr, request(addr, method, path, headers, body).as_bytes()).await
+}
+
+/// Like `http`, but `None` when the connection fails.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Option<HttpResponse> {
+    try_raw_http(addr, request(addr, method, path, headers, body).as_bytes()).await
+}
+
+fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> String {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -328,14 +349,21 @@ pub async fn http(
     if let Some(b) = body {
         req.push_str(b);
     }
-    raw_http(addr, req.as_bytes()).await
+    req
 }
 
 /// Sends raw bytes and parses the answer (up to the first response's end for
 /// a 101, or to EOF otherwise).
 pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request).await.expect("write");
+    try_raw_http(addr, request)
+        .await
+        .expect("the server answers")
+}
+
+/// Like `raw_http`, but `None` when the connection fails (a killed server).
+pub async fn try_raw_http(addr: SocketAddr, request: &[u8]) -> Option<HttpResponse> {
+    let mut s = TcpStream::connect(addr).await.ok()?;
+    s.write_all(request).await.ok()?;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(WAIT, async {
         let mut chunk = [0u8; 4096];
@@ -362,7 +390,7 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> HttpResponse {
         }
     })
     .await;
-    parse_response(&buf)
+    Some(parse_response(&buf))
 }
 
 pub fn parse_response(buf: &[u8]) -> HttpResponse {
