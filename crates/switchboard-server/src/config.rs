@@ -625,7 +625,9 @@ impl Config {
         if self.history.store == "file" && self.history.path.is_empty() {
             errs.push("history.path: a file path is required with store = \"file\"".into());
         }
-        if self.history.batch_delay.0.is_zero() || self.history.batch_delay.0 > Duration::from_secs(1) {
+        if self.history.batch_delay.0.is_zero()
+            || self.history.batch_delay.0 > Duration::from_secs(1)
+        {
             errs.push("history.batch_delay: must be above 0 and at most 1s".into());
         }
         if !matches!(self.history.sync.as_str(), "always" | "batch") {

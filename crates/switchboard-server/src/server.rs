@@ -10,8 +10,8 @@ use std::time::Duration;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use switchboard_core::{
-    Disconnect, FileHistory, HistoryStore, MemoryBroker, MemoryHistory, MemoryPresence,
-    Namespaces, Node, NodeOptions, SyncMode,
+    Disconnect, FileHistory, HistoryStore, MemoryBroker, MemoryHistory, MemoryPresence, Namespaces,
+    Node, NodeOptions, SyncMode,
 };
 use switchboard_protocol::ChannelName;
 use tokio::net::{TcpListener, TcpSocket};

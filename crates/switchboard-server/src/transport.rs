@@ -333,14 +333,13 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
     let client = match node.connect(init) {
         Ok(c) => c,
         Err(_) => {
-            conn.close(1013, "connection limit", Duration::from_secs(2))
-                .await;
+            Box::pin(conn.close(1013, "connection limit", Duration::from_secs(2))).await;
             return;
         }
     };
-    let span = tracing::info_span!("client", client = %client.id, user = %client.user, node = %node.name());
-    let _enter = span.enter();
-    tracing::debug!("connected");
+    // No span per client: an entered span would be wrong across awaits, and
+    // an instrumented one costs every idle client an allocation.
+    tracing::debug!(client = %client.id, user = %client.user, "connected");
     let write_timeout = st.cfg.ws.ping_interval.0 + st.cfg.ws.ping_timeout.0;
     let mut limiter = RateLimit::new(st.cfg.limits.messages_per_second, Instant::now());
     let mut stalled_since: Option<tokio::time::Instant> = None;
@@ -374,7 +373,9 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
                 }
                 node.metrics.messages_in.inc();
                 match limiter.check(Instant::now()) {
-                    Verdict::Allow => handle_frame(st, &client, m).await,
+                    // Boxed: the command's future is large and lives only while
+                    // it runs, so an idle client's task stays small.
+                    Verdict::Allow => Box::pin(handle_frame(st, &client, m)).await,
                     Verdict::Limit => {
                         let id = match &m {
                             Message::Text(t) => decode_command(t).ok().and_then(|c| c.id),
@@ -387,7 +388,7 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
                         ));
                     }
                     Verdict::Close => {
-                        node.close_client(&client, Disconnect::RATE_LIMITED).await;
+                        Box::pin(node.close_client(&client, Disconnect::RATE_LIMITED)).await;
                         break;
                     }
                 }
@@ -408,12 +409,12 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
             Ok(false) => {
                 let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
                 if since.elapsed() >= write_timeout {
-                    tracing::info!("write timed out: the client takes no frames");
+                    tracing::info!(client = %client.id, user = %client.user, "write timed out: the client takes no frames");
                     break 'run None;
                 }
             }
             Err(e) => {
-                tracing::debug!(error = %e, "write failed");
+                tracing::debug!(client = %client.id, error = %e, "write failed");
                 break 'run None;
             }
         }
@@ -446,16 +447,16 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
             }
         }
     };
-    node.remove_client(&client).await;
+    Box::pin(node.remove_client(&client)).await;
     if let Some((code, reason)) = close {
         // Whatever the outbox still holds goes out before the close.
         let (queued, _) = client.outbox.take();
         conn.out.push_all(queued);
         // A slow consumer gets its close once it reads what its socket holds,
         // for as long as a live client may take to answer a ping.
-        conn.close(code, &reason, write_timeout).await;
+        Box::pin(conn.close(code, &reason, write_timeout)).await;
     }
-    tracing::debug!("disconnected");
+    tracing::debug!(client = %client.id, user = %client.user, "disconnected");
 }
 
 async fn sleep_until_opt(at: Option<tokio::time::Instant>) {

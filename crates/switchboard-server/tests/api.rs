@@ -166,3 +166,20 @@ async fn health_ready_and_metrics() {
         assert!(m.contains(name), "{name} missing from:\n{m}");
     }
 }
+
+#[tokio::test]
+async fn odd_paths_and_queries_get_json_errors() {
+    let s = TestServer::start(config()).await;
+    for path in [
+        "/api/history/chat:a?limit=1&limit=2",
+        "/api/presence/%FF",
+        "/api/history/%FF",
+    ] {
+        let r = s.http("GET", path, None).await;
+        assert_eq!(r.status, 400, "{path}");
+        assert_eq!(r.error_code(), "bad_request", "{path}");
+    }
+    let r = s.http("POST", "/health", Some("{}")).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.error_code(), "bad_request");
+}

@@ -6,6 +6,7 @@
 #![allow(clippy::result_large_err)]
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -141,8 +142,22 @@ pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response 
     )
 }
 
-pub async fn presence(State(st): State<SharedState>, Path(channel): Path<String>) -> Response {
-    let channel = match parse_channel(&channel) {
+fn path_channel(path: Result<Path<String>, PathRejection>) -> Result<ChannelName, Response> {
+    match path {
+        Ok(Path(channel)) => parse_channel(&channel),
+        Err(e) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &e.body_text(),
+        )),
+    }
+}
+
+pub async fn presence(
+    State(st): State<SharedState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Response {
+    let channel = match path_channel(path) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -173,12 +188,16 @@ pub struct HistoryParams {
 
 pub async fn history(
     State(st): State<SharedState>,
-    Path(channel): Path<String>,
-    Query(q): Query<HistoryParams>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryParams>, QueryRejection>,
 ) -> Response {
-    let channel = match parse_channel(&channel) {
+    let channel = match path_channel(path) {
         Ok(c) => c,
         Err(r) => return r,
+    };
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
     };
     let bad = |m: &str| error(StatusCode::BAD_REQUEST, "bad_request", m);
     let limit = match q.limit.as_deref().map(str::parse::<usize>) {

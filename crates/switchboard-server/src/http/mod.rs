@@ -89,5 +89,7 @@ pub fn router(state: SharedState) -> Router {
             .route("/", get(ops::demo_page))
             .route("/dev/token", get(ops::dev_token));
     }
-    r.fallback(not_found).with_state(state)
+    r.fallback(not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
+        .with_state(state)
 }
