@@ -638,6 +638,45 @@ mod tests {
         assert!(at <= 3000, "closed after {at} ms");
     }
 
+    proptest::proptest! {
+        /// Over any window, no more than the burst plus the rate times the
+        /// window's length is allowed, whatever the arrival pattern.
+        #[test]
+        fn allowed_frames_never_exceed_burst_plus_rate(
+            rate in 1u32..200,
+            gaps in proptest::collection::vec(0u64..50, 1..400),
+        ) {
+            let t0 = Instant::now();
+            let mut rl = RateLimit::new(rate, t0);
+            let mut now = t0;
+            let mut allowed = Vec::new();
+            for g in gaps {
+                now += Duration::from_millis(g);
+                if rl.check(now) == Verdict::Allow {
+                    allowed.push(now);
+                }
+            }
+            for (i, start) in allowed.iter().enumerate() {
+                for (j, end) in allowed.iter().enumerate().skip(i) {
+                    let window = end.duration_since(*start).as_secs_f64();
+                    let n = (j - i + 1) as f64;
+                    proptest::prop_assert!(n <= 2.0 * f64::from(rate) + f64::from(rate) * window + 1.0);
+                }
+            }
+        }
+
+        /// A client that keeps to its rate is never refused.
+        #[test]
+        fn a_steady_client_is_never_refused(rate in 1u32..200, frames in 1usize..500) {
+            let t0 = Instant::now();
+            let mut rl = RateLimit::new(rate, t0);
+            let step = Duration::from_secs_f64(1.0 / f64::from(rate));
+            for i in 0..frames {
+                proptest::prop_assert_eq!(rl.check(t0 + step * i as u32), Verdict::Allow);
+            }
+        }
+    }
+
     #[test]
     fn a_client_within_its_rate_is_never_limited() {
         let t0 = Instant::now();

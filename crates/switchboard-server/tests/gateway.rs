@@ -499,3 +499,23 @@ async fn shutdown_closes_clients_1001_and_ready_turns_503() {
     s.shutdown().await;
     assert_eq!(a.close_code().await, Some(1001));
 }
+
+#[tokio::test]
+async fn a_client_cannot_hold_more_than_max_channels() {
+    let mut cfg = config();
+    cfg.limits.max_channels_per_client = 3;
+    let s = TestServer::start(cfg).await;
+    let mut a = s.client("alice").await;
+    // the personal channel counts: two more fit
+    a.subscribe("chat:1").await;
+    a.subscribe("chat:2").await;
+    let r = a
+        .call(json!({"op": "subscribe", "channel": "chat:3"}))
+        .await;
+    assert_eq!(r["error"]["code"], "limit_exceeded");
+    // subscribing again to a channel one is in is still allowed
+    a.subscribe("chat:1").await;
+    a.call(json!({"op": "unsubscribe", "channel": "chat:2"}))
+        .await;
+    a.subscribe("chat:3").await;
+}
