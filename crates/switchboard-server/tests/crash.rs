@@ -148,3 +148,55 @@ async fn acknowledged_publications_survive_sigkill() {
         stored.len()
     );
 }
+
+#[tokio::test]
+async fn a_restart_keeps_offsets_epochs_and_data() {
+    let dir = std::env::temp_dir().join(format!(
+        "sb-restart-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("switchboard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n\n[history]\nstore = \"file\"\npath = \"{}\"\n\n\
+             [[namespaces]]\nname = \"chat\"\npublish = true\nhistory_size = 100\nhistory_ttl = \"1h\"\n",
+            dir.join("history.db").display()
+        ),
+    )
+    .expect("config");
+    let (mut child, addr) = start(&config);
+    let mut epoch = String::new();
+    for seq in 1..=3 {
+        let (offset, e) = publish(addr, seq).await.expect("published");
+        assert_eq!(offset, seq);
+        epoch = e;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let (mut child, addr) = start(&config);
+    let mut c = Client::connect(addr, &token("alice", 600, &[])).await;
+    let r = c
+        .call(
+            serde_json::json!({"op": "subscribe", "channel": "chat:crash",
+            "since": {"offset": 1, "epoch": epoch}}),
+        )
+        .await;
+    let (offset, e) = publish(addr, 4).await.expect("published");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r["result"]["recovered"], true, "{r}");
+    let seqs: Vec<u64> = r["result"]["publications"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|p| p["data"]["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, vec![2, 3]);
+    assert_eq!((offset, e), (4, epoch));
+}

@@ -519,3 +519,30 @@ async fn a_client_cannot_hold_more_than_max_channels() {
         .await;
     a.subscribe("chat:3").await;
 }
+
+#[tokio::test]
+async fn a_kicked_client_leaves_presence_with_a_leave_push() {
+    let s = TestServer::start(config()).await;
+    let mut a = s.client("alice").await;
+    a.subscribe("chat:k").await;
+    let mut b = s.client("bob").await;
+    b.subscribe("chat:k").await;
+    assert_eq!(a.recv_type("join").await["user"], "alice");
+    assert_eq!(a.recv_type("join").await["user"], "bob");
+    let r = s
+        .http("POST", "/api/disconnect", Some(r#"{"user":"bob"}"#))
+        .await;
+    assert_eq!(r.status, 200);
+    let l = a.recv_type("leave").await;
+    assert_eq!(l["user"], "bob");
+    assert_eq!(l["client"], b.welcome["client"]);
+    let p = s.http("GET", "/api/presence/chat:k", None).await.json();
+    let users: Vec<&str> = p["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .filter_map(|c| c["user"].as_str())
+        .collect();
+    assert_eq!(users, vec!["alice"]);
+    assert_eq!(b.close_code().await, Some(4000));
+}
