@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use std::task::{Context, Poll, Waker};
 use switchboard_protocol::ChannelName;
-use tokio::sync::Notify;
 
 use crate::disconnect::Disconnect;
 
@@ -42,16 +42,34 @@ struct OutboxState {
     queue: VecDeque<Out>,
     bytes: usize,
     closing: Option<Disconnect>,
+    /// The transport's task, waiting in [`Outbox::poll_ready`].
+    waker: Option<Waker>,
+    /// Whether that task wants to hear of new frames (not while its socket is
+    /// stalled: then only a close wakes it).
+    wants_frames: bool,
+}
+
+impl OutboxState {
+    /// Takes the waker to wake once the lock is released.
+    fn waker_for(&mut self, frame: bool) -> Option<Waker> {
+        if frame && !self.wants_frames {
+            return None;
+        }
+        self.waker.take()
+    }
 }
 
 /// A client's bounded queue of outgoing frames.
 ///
 /// A `parking_lot` mutex rather than an async one: it is held only to push or
 /// to swap the queue out, never across an `.await`.
+///
+/// It wakes its transport through a waker kept in the same mutex, rather than
+/// a `Notify`: the transport polls it without a stored future, which keeps an
+/// idle client's task small.
 #[derive(Debug)]
 pub struct Outbox {
     state: Mutex<OutboxState>,
-    notify: Notify,
     max_bytes: usize,
 }
 
@@ -59,7 +77,6 @@ impl Outbox {
     pub fn new(max_bytes: usize) -> Self {
         Outbox {
             state: Mutex::new(OutboxState::default()),
-            notify: Notify::new(),
             max_bytes,
         }
     }
@@ -76,14 +93,16 @@ impl Outbox {
             st.queue = VecDeque::new();
             st.bytes = 0;
             st.closing = Some(Disconnect::SLOW);
+            let waker = st.waker_for(false);
             drop(st);
-            self.notify.notify_one();
+            wake(waker);
             return Err(PushError::Overflow(dropped));
         }
         st.bytes += frame.len();
         st.queue.push_back(Out::Frame(frame));
+        let waker = st.waker_for(true);
         drop(st);
-        self.notify.notify_one();
+        wake(waker);
         Ok(())
     }
 
@@ -92,8 +111,9 @@ impl Outbox {
         let mut st = self.state.lock();
         if st.closing.is_none() {
             st.queue.push_back(Out::Ping);
+            let waker = st.waker_for(true);
             drop(st);
-            self.notify.notify_one();
+            wake(waker);
         }
     }
 
@@ -105,8 +125,9 @@ impl Outbox {
             return false;
         }
         st.closing = Some(reason);
+        let waker = st.waker_for(false);
         drop(st);
-        self.notify.notify_one();
+        wake(waker);
         true
     }
 
@@ -131,14 +152,34 @@ impl Outbox {
         (std::mem::take(&mut st.queue), st.closing)
     }
 
-    /// Waits until something was pushed or the outbox started closing.
+    /// Ready when the outbox is closing, or (with `want_frames`) holds frames;
+    /// otherwise remembers the task to wake.
+    pub fn poll_ready(&self, cx: &mut Context<'_>, want_frames: bool) -> Poll<()> {
+        let mut st = self.state.lock();
+        if st.closing.is_some() || (want_frames && !st.queue.is_empty()) {
+            return Poll::Ready(());
+        }
+        st.wants_frames = want_frames;
+        if !st.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            st.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Waits until something is queued or the outbox started closing.
     pub async fn ready(&self) {
-        self.notify.notified().await;
+        std::future::poll_fn(|cx| self.poll_ready(cx, true)).await;
     }
 
     /// Bytes queued now.
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
+    }
+}
+
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        w.wake();
     }
 }
 
@@ -154,13 +195,62 @@ pub struct ClientInit {
     pub expires_at: u64,
 }
 
+/// A client id on the wire (`c-` and 16 hex digits), kept inline: no allocation.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId([u8; 18]);
+
+impl ClientId {
+    /// The id of the client with node-local `key`: a bijective scramble of the
+    /// key and a per-node salt, so ids are unique on the node and do not
+    /// reveal how many clients came before.
+    pub fn new(key: u64, salt: u64) -> Self {
+        let mut z = key ^ salt;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let mut b = [0u8; 18];
+        b[0] = b'c';
+        b[1] = b'-';
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for i in 0..16 {
+            b[2 + i] = HEX[((z >> (60 - 4 * i)) & 0xf) as usize];
+        }
+        ClientId(b)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII is ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or("c-")
+    }
+}
+
+impl std::ops::Deref for ClientId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A connected client, shared by the hub, the heartbeat sweep and its transport.
 #[derive(Debug)]
 pub struct ClientHandle {
     /// Numeric id for hashing and indexes.
     pub key: u64,
     /// The client id on the wire (`c-…`).
-    pub id: Arc<str>,
+    pub id: ClientId,
     pub user: Arc<str>,
     pub info: Option<Arc<str>>,
     pub channels_claim: Vec<String>,
@@ -176,10 +266,16 @@ pub struct ClientHandle {
 }
 
 impl ClientHandle {
-    pub(crate) fn new(key: u64, init: ClientInit, max_bytes: usize, now_ms: u64) -> Self {
+    pub(crate) fn new(
+        key: u64,
+        salt: u64,
+        init: ClientInit,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Self {
         ClientHandle {
             key,
-            id: Arc::from(format!("c-{:016x}", fastrand::u64(..))),
+            id: ClientId::new(key, salt),
             user: Arc::from(init.user),
             info: init.info.map(Arc::from),
             channels_claim: init.channels,
@@ -213,6 +309,15 @@ impl ClientHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_are_unique_and_well_formed() {
+        let ids: std::collections::HashSet<String> = (0..10_000)
+            .map(|k| ClientId::new(k, 42).to_string())
+            .collect();
+        assert_eq!(ids.len(), 10_000);
+        assert!(ids.iter().all(|i| i.len() == 18 && i.starts_with("c-")));
+    }
 
     #[test]
     fn overflow_drops_the_queue_and_starts_a_slow_close() {

@@ -242,6 +242,7 @@ mod tests {
     fn client(key: u64, user: &str, max: usize) -> Arc<ClientHandle> {
         Arc::new(ClientHandle::new(
             key,
+            0,
             ClientInit {
                 user: user.into(),
                 ..Default::default()

@@ -23,7 +23,7 @@ pub mod node;
 pub mod presence;
 
 pub use broker::{Broker, BrokerError, BrokerEvents, MemoryBroker};
-pub use client::{ClientHandle, ClientInit, Out, Outbox, PushError};
+pub use client::{ClientHandle, ClientId, ClientInit, Out, Outbox, PushError};
 pub use disconnect::Disconnect;
 pub use history::{
     HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention,

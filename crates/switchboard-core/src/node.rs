@@ -101,6 +101,8 @@ pub struct Node {
     presence: Arc<dyn PresenceStore>,
     started: Instant,
     next_key: AtomicU64,
+    /// Scrambles client ids (see `ClientId::new`).
+    id_salt: u64,
     me: Weak<Node>,
 }
 
@@ -149,6 +151,7 @@ impl Node {
             presence,
             started: Instant::now(),
             next_key: AtomicU64::new(1),
+            id_salt: fastrand::u64(..),
             me: weak.clone(),
         });
         broker.bind(Arc::new(Events(Arc::downgrade(&node))));
@@ -220,6 +223,7 @@ impl Node {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let client = Arc::new(ClientHandle::new(
             key,
+            self.id_salt,
             init,
             self.opts.send_queue_max_bytes,
             self.now_ms(),

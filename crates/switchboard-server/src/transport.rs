@@ -2,8 +2,11 @@
 //! one task. Writing drains everything queued since the last wake-up and
 //! flushes once, so a burst of pushes leaves in as few writes as possible.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use std::cell::RefCell;
@@ -327,22 +330,57 @@ impl Connection {
 }
 
 /// Runs one client until it leaves or is closed.
-pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], init: ClientInit) {
-    let mut conn = Connection::new(stream, already_read, st.cfg.ws.max_message_size);
+/// Counts a running transport; the drain waits for the count to reach zero.
+pub struct LiveTransport(Arc<AppState>);
+
+impl LiveTransport {
+    pub fn new(st: &Arc<AppState>) -> Self {
+        st.live_transports.fetch_add(1, Ordering::AcqRel);
+        LiveTransport(st.clone())
+    }
+}
+
+impl Drop for LiveTransport {
+    fn drop(&mut self) {
+        self.0.live_transports.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Registers the client and returns its task. Set-up is synchronous so the
+/// long-lived future holds only what the client needs while it lives.
+pub fn start(
+    st: Arc<AppState>,
+    stream: TcpStream,
+    already_read: &[u8],
+    init: ClientInit,
+    live: LiveTransport,
+) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let conn = Connection::new(stream, already_read, st.cfg.ws.max_message_size);
+    match st.node.connect(init) {
+        Ok(client) => Box::pin(run(st, conn, client, live)),
+        Err(_) => Box::pin(async move {
+            conn.close(1013, "connection limit", Duration::from_secs(2))
+                .await;
+            drop(live);
+        }),
+    }
+}
+
+/// Runs one client until it leaves or is closed.
+async fn run(
+    st: Arc<AppState>,
+    mut conn: Connection,
+    client: Arc<ClientHandle>,
+    _live: LiveTransport,
+) {
+    let st = &st;
     let node = &st.node;
-    let client = match node.connect(init) {
-        Ok(c) => c,
-        Err(_) => {
-            Box::pin(conn.close(1013, "connection limit", Duration::from_secs(2))).await;
-            return;
-        }
-    };
     // No span per client: an entered span would be wrong across awaits, and
     // an instrumented one costs every idle client an allocation.
     tracing::debug!(client = %client.id, user = %client.user, "connected");
     let write_timeout = st.cfg.ws.ping_interval.0 + st.cfg.ws.ping_timeout.0;
     let mut limiter = RateLimit::new(st.cfg.limits.messages_per_second, Instant::now());
-    let mut stalled_since: Option<tokio::time::Instant> = None;
+    let mut stall_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     // Bytes may have come with the upgrade request: read before waiting.
     let mut readable = !conn.partial.is_empty();
     let close: Option<(u16, String)> = 'run: loop {
@@ -405,12 +443,11 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
             client.outbox.closing()
         };
         match conn.out.write_now(&conn.stream) {
-            Ok(true) => stalled_since = None,
+            Ok(true) => stall_timer = None,
             Ok(false) => {
-                let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
-                if since.elapsed() >= write_timeout {
-                    tracing::info!(client = %client.id, user = %client.user, "write timed out: the client takes no frames");
-                    break 'run None;
+                if stall_timer.is_none() {
+                    // One timer, and only while the socket refuses our bytes.
+                    stall_timer = Some(Box::pin(tokio::time::sleep(write_timeout)));
                 }
             }
             Err(e) => {
@@ -429,21 +466,35 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
             }
             break 'run Some((d.code, d.reason.to_string()));
         }
-        let stalled = stalled_since.map(|s| s + write_timeout);
-        tokio::select! {
-            biased;
-            () = client.outbox.ready() => {}
-            r = conn.stream.writable(), if stalled.is_some() => {
-                if r.is_err() {
-                    break 'run None;
+        // Wait for the next thing to do without storing a future per source:
+        // readiness is polled straight from the socket and the outbox.
+        let event = std::future::poll_fn(|cx| {
+            let stalled = !conn.out.is_empty();
+            if client.outbox.poll_ready(cx, !stalled).is_ready() {
+                return Poll::Ready(Event::Outbox);
+            }
+            if stalled {
+                if conn.stream.poll_write_ready(cx).is_ready() {
+                    return Poll::Ready(Event::Writable);
+                }
+                if let Some(t) = stall_timer.as_mut()
+                    && t.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Event::StallTimeout);
                 }
             }
-            () = sleep_until_opt(stalled) => {}
-            r = conn.stream.readable() => {
-                if r.is_err() {
-                    break 'run None;
-                }
-                readable = true;
+            if conn.stream.poll_read_ready(cx).is_ready() {
+                return Poll::Ready(Event::Readable);
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Outbox | Event::Writable => {}
+            Event::Readable => readable = true,
+            Event::StallTimeout => {
+                tracing::info!(client = %client.id, user = %client.user, "write timed out: the client takes no frames");
+                break 'run None;
             }
         }
     };
@@ -459,11 +510,12 @@ pub async fn run(st: &Arc<AppState>, stream: TcpStream, already_read: &[u8], ini
     tracing::debug!(client = %client.id, user = %client.user, "disconnected");
 }
 
-async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// What woke an idle client's task.
+enum Event {
+    Outbox,
+    Writable,
+    Readable,
+    StallTimeout,
 }
 
 /// An echo server on the same connection code as `/ws`, for the Autobahn

@@ -153,27 +153,23 @@ async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let state = st.clone();
-    state.live_transports.fetch_add(1, Ordering::AcqRel);
-    let task = async move {
+    let live = transport::LiveTransport::new(&st);
+    tokio::spawn(async move {
         match on_upgrade.await {
             // The server serves plain TCP streams, so the upgraded connection is
             // one: the transport reads and writes the socket itself.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
                 Ok(parts) => {
-                    // Copy what came after the request and let hyper's read
-                    // buffer (kilobytes) go: the client must not keep it.
-                    let already_read = parts.read_buf.to_vec();
                     let stream = parts.io.into_inner();
-                    drop(parts.read_buf);
-                    transport::run(&state, stream, &already_read, init).await;
+                    // The client's own task holds only what it needs; this one,
+                    // with hyper's read buffer, ends here.
+                    tokio::spawn(transport::start(state, stream, &parts.read_buf, init, live));
                 }
                 Err(_) => tracing::warn!("upgraded connection is not a TCP stream"),
             },
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-        state.live_transports.fetch_sub(1, Ordering::AcqRel);
-    };
-    tokio::spawn(task);
+    });
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = r.headers_mut();
