@@ -203,6 +203,13 @@ async fn async_main(cli: Cli, fd_limit: u64) -> ExitCode {
             "protocol".into(),
             serde_json::to_value(c.protocol).unwrap_or_default(),
         );
+        // How busy the machine was: the figures assume nothing else runs.
+        if let Some(load) = std::fs::read_to_string("/proc/loadavg")
+            .ok()
+            .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        {
+            obj.insert("loadavg_1m".into(), load.into());
+        }
         for (k, v) in &c.tags {
             obj.insert(k.clone(), v.clone().into());
         }

@@ -709,13 +709,7 @@ mod tests {
     }
 
     fn since(offset: u64, epoch: &str) -> HistoryQuery {
-        HistoryQuery {
-            since: Some(StreamPosition {
-                offset,
-                epoch: epoch.into(),
-            }),
-            limit: None,
-        }
+        HistoryQuery::since(offset, epoch)
     }
 
     fn all(h: &FileHistory, c: &ChannelName) -> HistoryRead {

@@ -39,6 +39,19 @@ pub struct HistoryQuery {
     pub limit: Option<usize>,
 }
 
+impl HistoryQuery {
+    /// Every publication after `offset` of `epoch`.
+    pub fn since(offset: u64, epoch: &str) -> Self {
+        HistoryQuery {
+            since: Some(StreamPosition {
+                offset,
+                epoch: epoch.into(),
+            }),
+            limit: None,
+        }
+    }
+}
+
 /// The answer to a read.
 #[derive(Debug, Clone)]
 pub struct HistoryRead {
@@ -277,13 +290,7 @@ mod tests {
     }
 
     fn since(offset: u64, epoch: &str) -> HistoryQuery {
-        HistoryQuery {
-            since: Some(StreamPosition {
-                offset,
-                epoch: epoch.into(),
-            }),
-            limit: None,
-        }
+        HistoryQuery::since(offset, epoch)
     }
 
     #[test]

@@ -53,10 +53,13 @@ async fn publish(addr: SocketAddr, seq: u64) -> Option<(u64, String)> {
     Some((v["offset"].as_u64()?, v["epoch"].as_str()?.to_string()))
 }
 
-#[tokio::test]
-async fn acknowledged_publications_survive_sigkill() {
+/// A fresh directory with a config for a file history and a `chat` namespace.
+fn file_history_config(
+    kind: &str,
+    history_size: usize,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
-        "sb-crash-{}-{}",
+        "sb-{kind}-{}-{}",
         std::process::id(),
         fastrand::u64(..)
     ));
@@ -66,11 +69,17 @@ async fn acknowledged_publications_survive_sigkill() {
         &config,
         format!(
             "listen = \"127.0.0.1:0\"\n\n[history]\nstore = \"file\"\npath = \"{}\"\nsync = \"always\"\n\n\
-             [[namespaces]]\nname = \"chat\"\npublish = true\nhistory_size = 1000000\nhistory_ttl = \"1h\"\n",
+             [[namespaces]]\nname = \"chat\"\npublish = true\nhistory_size = {history_size}\nhistory_ttl = \"1h\"\n",
             dir.join("history.db").display()
         ),
     )
     .expect("config");
+    (dir, config)
+}
+
+#[tokio::test]
+async fn acknowledged_publications_survive_sigkill() {
+    let (dir, config) = file_history_config("crash", 1_000_000);
     let (mut child, addr) = start(&config);
     // Publish from four concurrent publishers until a random moment, then SIGKILL.
     let kill_after = Duration::from_millis(300 + fastrand::u64(..700));
@@ -151,22 +160,7 @@ async fn acknowledged_publications_survive_sigkill() {
 
 #[tokio::test]
 async fn a_restart_keeps_offsets_epochs_and_data() {
-    let dir = std::env::temp_dir().join(format!(
-        "sb-restart-{}-{}",
-        std::process::id(),
-        fastrand::u64(..)
-    ));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let config = dir.join("switchboard.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n\n[history]\nstore = \"file\"\npath = \"{}\"\n\n\
-             [[namespaces]]\nname = \"chat\"\npublish = true\nhistory_size = 100\nhistory_ttl = \"1h\"\n",
-            dir.join("history.db").display()
-        ),
-    )
-    .expect("config");
+    let (dir, config) = file_history_config("restart", 100);
     let (mut child, addr) = start(&config);
     let mut epoch = String::new();
     for seq in 1..=3 {

@@ -96,7 +96,8 @@ pub async fn run(ctx: &Ctx, args: &EchoArgs) -> Result<Report> {
     let round_trips = done.load(Ordering::Acquire);
     let expected = k as u64 * args.rounds;
     let rtt = latency.lock().summary();
-    let cpu_s = cpu_between(cpu_before, cpu_after);
+    let cpu = cpu_between(cpu_before, cpu_after);
+    let cpu_s = cpu.server_s;
     let cpu_per_rt_us = cpu_s.and_then(|s| ratio(s * 1e6, round_trips as f64));
     let timed_out = ctx.timed_out();
     let ok = round_trips == expected && errors.is_empty() && stats.failed() == 0 && !timed_out;
@@ -114,6 +115,7 @@ pub async fn run(ctx: &Ctx, args: &EchoArgs) -> Result<Report> {
         "round_trips_per_s": ratio(round_trips as f64, elapsed),
         "latency": rtt,
         "server_cpu_s": cpu_s,
+        "generator_cpu_s": cpu.generator_s,
         "cpu_per_round_trip_us": cpu_per_rt_us,
         "timed_out": timed_out,
         "ok": ok,

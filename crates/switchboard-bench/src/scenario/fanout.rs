@@ -280,7 +280,8 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
         wall
     };
     let latency = shared.latency.lock().summary();
-    let cpu_s = cpu_between(cpu_before, cpu_after);
+    let cpu = cpu_between(cpu_before, cpu_after);
+    let cpu_s = cpu.server_s;
     let cpu_per_delivery_ns = cpu_s.and_then(|s| ratio(s * 1e9, t.delivered as f64));
     let deliveries_per_s = ratio(t.delivered as f64, active_s);
     let timed_out = ctx.timed_out();
@@ -319,6 +320,7 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
         "deliveries_per_s": deliveries_per_s,
         "latency": latency,
         "server_cpu_s": cpu_s,
+        "generator_cpu_s": cpu.generator_s,
         "cpu_per_delivery_ns": cpu_per_delivery_ns,
         "server_memory": memory,
         "timed_out": timed_out,
@@ -354,6 +356,14 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
             human_us(latency.p50_us),
             human_us(latency.p99_us),
             human_us(latency.max_us)
+        ),
+    );
+    report.row(
+        "CPU used",
+        format!(
+            "server {} s, generator {} s, over {active_s:.2} s",
+            opt(cpu_s, 2),
+            opt(cpu.generator_s, 2)
         ),
     );
     report.row(

@@ -74,7 +74,8 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Report> {
     let failed = stats.failed();
     let dropped = stats.dropped.load(std::sync::atomic::Ordering::Acquire);
     let handshake = stats.handshake.lock().summary();
-    let cpu_s = cpu_between(cpu_before, cpu_after);
+    let cpu = cpu_between(cpu_before, cpu_after);
+    let cpu_s = cpu.server_s;
     let cpu_per_handshake_us = cpu_s.and_then(|s| ratio(s * 1e6, connected));
     let mem_per_conn_kib = match (mem_before, mem_after) {
         (Some(b), Some(a)) => ratio(a.rss_kib as f64 - b.rss_kib as f64, connected),
@@ -94,6 +95,7 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Report> {
         "handshakes_per_s": ratio(connected, elapsed),
         "handshake_latency": handshake,
         "server_cpu_s": cpu_s,
+        "generator_cpu_s": cpu.generator_s,
         "cpu_per_handshake_us": cpu_per_handshake_us,
         "server_memory_before": mem_before,
         "server_memory_after": mem_after,

@@ -29,8 +29,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    pub fn cpu(&self) -> Option<CpuSample> {
-        self.probe.and_then(|p| p.cpu().ok())
+    /// CPU used so far by the server and by this generator.
+    pub fn cpu(&self) -> CpuMark {
+        CpuMark {
+            server: self.probe.and_then(|p| p.cpu().ok()),
+            generator: ServerProbe::new(std::process::id()).cpu().ok(),
+        }
     }
 
     pub fn memory(&self) -> Option<Memory> {
@@ -167,9 +171,27 @@ pub async fn sleep_bounded(d: Duration, deadline: Instant) {
     tokio::time::sleep_until(until.into()).await;
 }
 
-/// CPU seconds the server used between two readings, if both were taken.
-pub fn cpu_between(before: Option<CpuSample>, after: Option<CpuSample>) -> Option<f64> {
-    Some(after?.seconds_since(before?))
+/// A reading of the server's and the generator's CPU time.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    server: Option<CpuSample>,
+    generator: Option<CpuSample>,
+}
+
+/// CPU seconds used between two readings, where both were taken. The generator's
+/// own share tells whether it, rather than the server, was the bottleneck.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuUsed {
+    pub server_s: Option<f64>,
+    pub generator_s: Option<f64>,
+}
+
+pub fn cpu_between(before: CpuMark, after: CpuMark) -> CpuUsed {
+    let between = |a: Option<CpuSample>, b: Option<CpuSample>| Some(b?.seconds_since(a?));
+    CpuUsed {
+        server_s: between(before.server, after.server),
+        generator_s: between(before.generator, after.generator),
+    }
 }
 
 #[cfg(test)]
