@@ -688,7 +688,6 @@ impl HistoryStore for FileHistory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard_protocol::StreamPosition;
 
     const KEEP: Retention = Retention {
         size: 3,
