@@ -79,7 +79,8 @@ struct RawCommand<'a> {
     op: Option<&'a RawValue>,
     #[serde(borrow, default)]
     channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    // `null` is a valid payload: keep it rather than reading it as absent.
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
     #[serde(borrow, default)]
     since: Option<&'a RawValue>,
@@ -87,6 +88,80 @@ struct RawCommand<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Whether `text` is JSON every parser takes: `RawValue` checks the grammar
+/// only, and lets through numbers such as `1e999` that no subscriber can read.
+/// Walks the value without building it.
+pub fn is_portable_json(text: &str) -> bool {
+    serde_json::from_str::<Portable>(text).is_ok()
+}
+
+/// A JSON value whose every number is finite; holds nothing.
+struct Portable;
+
+impl<'de> Deserialize<'de> for Portable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(PortableVisitor)
+    }
+}
+
+struct PortableVisitor;
+
+impl<'de> serde::de::Visitor<'de> for PortableVisitor {
+    type Value = Portable;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value with finite numbers")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Portable, E> {
+        if v.is_finite() {
+            Ok(Portable)
+        } else {
+            Err(E::custom("number out of range"))
+        }
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+    fn visit_unit<E>(self) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+    fn visit_none<E>(self) -> Result<Portable, E> {
+        Ok(Portable)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Portable, A::Error> {
+        while seq.next_element::<Portable>()?.is_some() {}
+        Ok(Portable)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Portable, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, Portable>()?
+            .is_some()
+        {}
+        Ok(Portable)
+    }
+}
+
+/// The `id` of a frame that failed to decode as a command, when it is an
+/// object whose `id` is a whole number (duplicate keys included).
+fn salvage_id(text: &str) -> Option<u64> {
+    let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    map.get("id")?.as_u64()
 }
 
 fn field<'de, T: Deserialize<'de>>(
@@ -128,8 +203,8 @@ fn channel(raw: Option<&RawValue>, id: Option<u64>) -> Result<ChannelName, Comma
 /// Decodes one text frame. Never panics, whatever the input.
 pub fn decode_command(text: &str) -> Result<Command, CommandError> {
     let raw: RawCommand<'_> = serde_json::from_str(text).map_err(|_| CommandError {
-        id: None,
-        message: "frame is not a JSON object".into(),
+        id: salvage_id(text),
+        message: "frame is not a JSON command object".into(),
     })?;
     // An id that is not a non-negative integer is treated as absent.
     let id: Option<u64> = raw.id.and_then(|v| serde_json::from_str(v.get()).ok());
@@ -145,7 +220,13 @@ pub fn decode_command(text: &str) -> Result<Command, CommandError> {
         "publish" => Op::Publish {
             channel: channel(raw.channel, id)?,
             data: match raw.data {
-                Some(d) => d.get().into(),
+                Some(d) if is_portable_json(d.get()) => d.get().into(),
+                Some(_) => {
+                    return Err(CommandError {
+                        id,
+                        message: "field `data` holds a number no JSON reader can represent".into(),
+                    });
+                }
                 None => {
                     return Err(CommandError {
                         id,
@@ -222,6 +303,24 @@ mod tests {
         assert_eq!(e.id, None);
         let e = decode_command(r#"{"op":"ping","id":"x"}"#);
         assert_eq!(e.map(|c| c.id), Ok(None));
+    }
+
+    #[test]
+    fn null_data_is_a_payload_and_unreadable_numbers_are_not() {
+        let c = decode_command(r#"{"op":"publish","id":8,"channel":"c","data":null}"#)
+            .expect("null is JSON");
+        assert!(matches!(c.op, Op::Publish { ref data, .. } if &**data == "null"));
+        let e = decode_command(r#"{"op":"publish","id":8,"channel":"c","data":1e999}"#)
+            .expect_err("not portable");
+        assert_eq!(e.id, Some(8));
+        let e = decode_command(r#"{"op":"publish","id":8,"channel":"c"}"#).expect_err("missing");
+        assert_eq!(e.id, Some(8));
+    }
+
+    #[test]
+    fn duplicate_keys_fail_but_keep_the_id() {
+        let e = decode_command(r#"{"op":"ping","op":"ping","id":3}"#).expect_err("duplicate");
+        assert_eq!(e.id, Some(3));
     }
 
     #[test]

@@ -15,5 +15,5 @@ pub mod frame;
 pub mod websocket;
 
 pub use channel::{ChannelName, ChannelNameError, pattern_matches};
-pub use command::{Command, CommandError, Op, StreamPosition, decode_command};
+pub use command::{Command, CommandError, Op, StreamPosition, decode_command, is_portable_json};
 pub use frame::{ErrorCode, Publication};

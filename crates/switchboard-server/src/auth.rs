@@ -813,10 +813,7 @@ pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, String> {
 /// query parameter, then the cookie.
 pub fn extract_token(headers: &HeaderMap, query: Option<&str>, cookie_name: &str) -> Option<Token> {
     if let Some(v) = headers.get(http::header::AUTHORIZATION)
-        && let Some(t) = v.to_str().ok().and_then(|s| {
-            s.strip_prefix("Bearer ")
-                .or_else(|| s.strip_prefix("bearer "))
-        })
+        && let Some(t) = v.to_str().ok().and_then(bearer)
     {
         let t = t.trim();
         if !t.is_empty() {
@@ -838,7 +835,7 @@ pub fn extract_token(headers: &HeaderMap, query: Option<&str>, cookie_name: &str
         for c in s.split(';') {
             if let Some((name, value)) = c.trim().split_once('=')
                 && name == cookie_name
-                && !value.is_empty()
+                && !value.trim_matches('"').is_empty()
             {
                 return Some(Token::new(value.trim_matches('"')));
             }
@@ -847,13 +844,25 @@ pub fn extract_token(headers: &HeaderMap, query: Option<&str>, cookie_name: &str
     None
 }
 
+/// The credentials of an `Authorization: Bearer …` value; the scheme name is
+/// case-insensitive (RFC 7235 §2.1).
+fn bearer(value: &str) -> Option<&str> {
+    let scheme = value.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case("bearer ")
+        .then(|| value[7..].trim())
+}
+
 fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
                     .ok()
                     .and_then(|h| u8::from_str_radix(h, 16).ok());
@@ -886,11 +895,11 @@ pub fn api_key_matches(headers: &HeaderMap, key: &str) -> bool {
     let Some(presented) = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.strip_prefix("Bearer "))
+        .and_then(bearer)
     else {
         return false;
     };
-    constant_time_eq(presented.trim().as_bytes(), key.as_bytes())
+    constant_time_eq(presented.as_bytes(), key.as_bytes())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -992,6 +1001,30 @@ mod tests {
         assert_eq!(percent_decode("a%4"), "a%4");
         assert_eq!(percent_decode("%41"), "A");
         assert_eq!(percent_decode("%zz"), "%zz");
+        // not an escape; `+` is a space in a query string
+        assert_eq!(percent_decode("%+f"), "% f");
+    }
+
+    #[test]
+    fn bearer_is_case_insensitive_and_empty_cookies_are_no_token() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            "BEARER abc".parse().expect("hv"),
+        );
+        assert_eq!(
+            extract_token(&h, None, "sb_token").map(|t| t.expose().to_string()),
+            Some("abc".into())
+        );
+        let mut h = HeaderMap::new();
+        h.insert(http::header::COOKIE, "sb_token=\"\"".parse().expect("hv"));
+        assert_eq!(extract_token(&h, None, "sb_token"), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            "bEaReR k1".parse().expect("hv"),
+        );
+        assert!(api_key_matches(&h, "k1"));
     }
 
     #[test]

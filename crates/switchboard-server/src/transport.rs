@@ -195,9 +195,33 @@ struct Connection {
     out: WriteQueue,
 }
 
-enum ReadOutcome {
-    /// Messages decoded (maybe none); the socket may have more.
-    Messages(Vec<Message>),
+/// How a connection ends with a close frame.
+struct Close {
+    code: u16,
+    reason: String,
+    /// The peer sent its close first.
+    by_peer: bool,
+}
+
+impl Close {
+    fn ours(code: u16, reason: impl Into<String>) -> Self {
+        Close {
+            code,
+            reason: reason.into(),
+            by_peer: false,
+        }
+    }
+}
+
+/// What one read produced: the whole messages, then possibly an end.
+struct ReadOutcome {
+    /// Messages decoded, in order; handled even when the read also ended the
+    /// connection, so nothing sent before a bad frame is lost.
+    messages: Vec<Message>,
+    end: Option<ReadEnd>,
+}
+
+enum ReadEnd {
     /// The peer closed the TCP connection.
     Eof,
     /// The peer broke the protocol: close with this code.
@@ -233,7 +257,10 @@ impl Connection {
             // (decoding it again only re-reads its header).
             let partial = std::mem::take(&mut self.partial);
             if let Err(e) = self.decode(&partial, &mut messages) {
-                return ReadOutcome::Failed(e);
+                return ReadOutcome {
+                    messages,
+                    end: Some(ReadEnd::Failed(e)),
+                };
             }
         }
         let mut budget = READ_BUDGET;
@@ -255,18 +282,26 @@ impl Connection {
                 }
                 Ok(n)
             });
-            match r {
+            let end = match r {
                 Ok(0) => break,
-                Ok(n) => budget = budget.saturating_sub(n),
-                Err(None) if messages.is_empty() => return ReadOutcome::Eof,
-                Err(None) => break,
-                Err(Some(e)) => return ReadOutcome::Failed(e),
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    None
+                }
+                Err(None) => Some(ReadEnd::Eof),
+                Err(Some(e)) => Some(ReadEnd::Failed(e)),
+            };
+            if end.is_some() {
+                return ReadOutcome { messages, end };
             }
             if matches!(messages.last(), Some(Message::Close(..))) {
                 break;
             }
         }
-        ReadOutcome::Messages(messages)
+        ReadOutcome {
+            messages,
+            end: None,
+        }
     }
 
     /// Writes everything queued, waiting for the socket up to `timeout`.
@@ -284,14 +319,15 @@ impl Connection {
     }
 
     /// Sends a close frame (after what is queued, waiting up to `timeout` for
-    /// the socket), then waits briefly for the peer's close or EOF so the close
-    /// handshake completes.
-    async fn close(mut self, code: u16, reason: &str, timeout: Duration) {
-        let payload = websocket::close_payload(code, reason);
+    /// the socket). When we started the close, waits briefly for the peer's
+    /// close or EOF; when the peer did, drops the connection at once (RFC 6455
+    /// §7.1.1: the server closes TCP first).
+    async fn close(mut self, close: Close, timeout: Duration) {
+        let payload = websocket::close_payload(close.code, &close.reason);
         self.out
             .frames
             .push_back(Out::Control(opcode::CLOSE, Bytes::from(payload)));
-        if self.flush(timeout).await.is_err() {
+        if self.flush(timeout).await.is_err() || close.by_peer {
             return;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -299,14 +335,14 @@ impl Connection {
                 if self.stream.readable().await.is_err() {
                     return;
                 }
-                match self.read_now() {
-                    ReadOutcome::Eof | ReadOutcome::Failed(_) => return,
-                    ReadOutcome::Messages(m)
-                        if m.iter().any(|m| matches!(m, Message::Close(..))) =>
-                    {
-                        return;
-                    }
-                    ReadOutcome::Messages(_) => {}
+                let read = self.read_now();
+                if read.end.is_some()
+                    || read
+                        .messages
+                        .iter()
+                        .any(|m| matches!(m, Message::Close(..)))
+                {
+                    return;
                 }
             }
         })
@@ -315,7 +351,7 @@ impl Connection {
 
     /// Queues the answer a control message needs. Returns the close to answer
     /// with when the peer started the close handshake.
-    fn control(&mut self, m: &Message) -> Option<(u16, String)> {
+    fn control(&mut self, m: &Message) -> Option<Close> {
         match m {
             Message::Ping(p) => {
                 self.out
@@ -323,7 +359,11 @@ impl Connection {
                     .push_back(Out::Control(opcode::PONG, Bytes::copy_from_slice(p)));
                 None
             }
-            Message::Close(code, _) => Some((code.unwrap_or(1000), String::new())),
+            Message::Close(code, _) => Some(Close {
+                code: code.unwrap_or(1000),
+                reason: String::new(),
+                by_peer: true,
+            }),
             _ => None,
         }
     }
@@ -359,8 +399,11 @@ pub fn start(
     match st.node.connect(init) {
         Ok(client) => Box::pin(run(st, conn, client, live)),
         Err(_) => Box::pin(async move {
-            conn.close(1013, "connection limit", Duration::from_secs(2))
-                .await;
+            conn.close(
+                Close::ours(1013, "connection limit"),
+                Duration::from_secs(2),
+            )
+            .await;
             drop(live);
         }),
     }
@@ -383,26 +426,14 @@ async fn run(
     let mut stall_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     // Bytes may have come with the upgrade request: read before waiting.
     let mut readable = !conn.partial.is_empty();
-    let close: Option<(u16, String)> = 'run: loop {
+    let close: Option<Close> = 'run: loop {
         if readable {
             readable = false;
-            let messages = match conn.read_now() {
-                ReadOutcome::Eof => break 'run None,
-                ReadOutcome::Failed(e) => {
-                    node.metrics
-                        .disconnects
-                        .get_or_create(&CodeLabel {
-                            code: e.close_code(),
-                        })
-                        .inc();
-                    break 'run Some((e.close_code(), e.reason().to_string()));
-                }
-                ReadOutcome::Messages(m) => m,
-            };
-            if !messages.is_empty() {
+            let read = conn.read_now();
+            if !read.messages.is_empty() {
                 client.touch(node.now_ms());
             }
-            for m in messages {
+            for m in read.messages {
                 if let Some(close) = conn.control(&m) {
                     break 'run Some(close);
                 }
@@ -429,6 +460,19 @@ async fn run(
                         Box::pin(node.close_client(&client, Disconnect::RATE_LIMITED)).await;
                         break;
                     }
+                }
+            }
+            match read.end {
+                None => {}
+                Some(ReadEnd::Eof) => break 'run None,
+                Some(ReadEnd::Failed(e)) => {
+                    node.metrics
+                        .disconnects
+                        .get_or_create(&CodeLabel {
+                            code: e.close_code(),
+                        })
+                        .inc();
+                    break 'run Some(Close::ours(e.close_code(), e.reason()));
                 }
             }
         }
@@ -464,7 +508,7 @@ async fn run(
                     .frames
                     .push_back(Out::Frame(frame::disconnect(d.code, d.reason)));
             }
-            break 'run Some((d.code, d.reason.to_string()));
+            break 'run Some(Close::ours(d.code, d.reason));
         }
         // Wait for the next thing to do without storing a future per source:
         // readiness is polled straight from the socket and the outbox.
@@ -499,13 +543,13 @@ async fn run(
         }
     };
     Box::pin(node.remove_client(&client)).await;
-    if let Some((code, reason)) = close {
+    if let Some(close) = close {
         // Whatever the outbox still holds goes out before the close.
         let (queued, _) = client.outbox.take();
         conn.out.push_all(queued);
         // A slow consumer gets its close once it reads what its socket holds,
         // for as long as a live client may take to answer a ping.
-        Box::pin(conn.close(code, &reason, write_timeout)).await;
+        Box::pin(conn.close(close, write_timeout)).await;
     }
     tracing::debug!(client = %client.id, user = %client.user, "disconnected");
 }
@@ -552,26 +596,18 @@ pub async fn echo(mut stream: TcpStream, max_message: usize) -> io::Result<()> {
     );
     stream.write_all(response.as_bytes()).await?;
     let mut conn = Connection::new(stream, &head[end..], max_message);
+    // Bytes may have come with the upgrade request: decode them before waiting.
+    let mut first = !conn.partial.is_empty();
     loop {
         conn.flush(Duration::from_secs(30)).await?;
-        let messages = if conn.partial.is_empty() {
+        if !first {
             conn.stream.readable().await?;
-            conn.read_now()
-        } else {
-            conn.read_now()
-        };
-        let messages = match messages {
-            ReadOutcome::Eof => return Ok(()),
-            ReadOutcome::Failed(e) => {
-                conn.close(e.close_code(), e.reason(), Duration::from_secs(5))
-                    .await;
-                return Ok(());
-            }
-            ReadOutcome::Messages(m) => m,
-        };
-        for m in messages {
-            if let Some((code, reason)) = conn.control(&m) {
-                conn.close(code, &reason, Duration::from_secs(5)).await;
+        }
+        first = false;
+        let read = conn.read_now();
+        for m in read.messages {
+            if let Some(close) = conn.control(&m) {
+                conn.close(close, Duration::from_secs(5)).await;
                 return Ok(());
             }
             match m {
@@ -581,6 +617,18 @@ pub async fn echo(mut stream: TcpStream, max_message: usize) -> io::Result<()> {
                     .frames
                     .push_back(Out::Control(opcode::BINARY, Bytes::from(b))),
                 _ => {}
+            }
+        }
+        match read.end {
+            None => {}
+            Some(ReadEnd::Eof) => return Ok(()),
+            Some(ReadEnd::Failed(e)) => {
+                conn.close(
+                    Close::ours(e.close_code(), e.reason()),
+                    Duration::from_secs(5),
+                )
+                .await;
+                return Ok(());
             }
         }
     }

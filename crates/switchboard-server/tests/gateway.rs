@@ -546,3 +546,36 @@ async fn a_kicked_client_leaves_presence_with_a_leave_push() {
     assert_eq!(users, vec!["alice"]);
     assert_eq!(b.close_code().await, Some(4000));
 }
+
+#[tokio::test]
+async fn commands_before_a_protocol_error_are_answered_then_the_client_is_closed_1002() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(config()).await;
+    let mut sock = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    let path = format!("/ws?token={}", s.token("alice"));
+    // The upgrade, a ping command and an unmasked (illegal) frame, in one write.
+    let mut bytes = upgrade_request(s.addr, &path, &[]);
+    bytes.extend(masked_text_frame(br#"{"op":"ping","id":5}"#));
+    bytes.extend([0x81, 0x01, b'x']);
+    sock.write_all(&bytes).await.expect("write");
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(WAIT, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains(r#"{"type":"pong","id":5}"#), "{text}");
+    // the close frame: opcode 0x88, then the code 1002 (0x03ea)
+    let close = got
+        .windows(4)
+        .any(|w| w[0] == 0x88 && w[2] == 0x03 && w[3] == 0xea);
+    assert!(close, "no close 1002 in {got:?}");
+}

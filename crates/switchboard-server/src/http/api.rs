@@ -82,9 +82,16 @@ pub struct PublishBody {
     data: Box<RawValue>,
 }
 
-fn raw_bytes(v: Box<RawValue>) -> Bytes {
+fn raw_bytes(v: Box<RawValue>) -> Result<Bytes, Response> {
+    if !switchboard_protocol::is_portable_json(v.get()) {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "`data` holds a number no JSON reader can represent",
+        ));
+    }
     let s: Box<str> = v.into();
-    Bytes::from(s.into_boxed_bytes())
+    Ok(Bytes::from(s.into_boxed_bytes()))
 }
 
 fn position_json(pos: &StreamPosition) -> serde_json::Value {
@@ -100,7 +107,11 @@ pub async fn publish(State(st): State<SharedState>, req: Request) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    match st.node.publish(&channel, raw_bytes(body.data), None).await {
+    let data = match raw_bytes(body.data) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    match st.node.publish(&channel, data, None).await {
         Ok(pos) => json_response(StatusCode::OK, position_json(&pos).to_string()),
         Err(e) => command_error(e),
     }
@@ -126,7 +137,10 @@ pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response 
             Err(r) => return r,
         }
     }
-    let data = raw_bytes(body.data);
+    let data = match raw_bytes(body.data) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     let mut results = Vec::with_capacity(channels.len());
     for channel in channels {
         match st.node.publish(&channel, data.clone(), None).await {
