@@ -9,11 +9,14 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::{Mutex, RwLock};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -497,9 +500,64 @@ pub(crate) fn check_jwks_file(path: &str) -> Result<(), String> {
     load_jwks_file(path, &Validation::default()).map(|_| ())
 }
 
-/// For `Config::validate`: `jwks_url` is an http:// URL.
+/// For `Config::validate`: `jwks_url` is an http:// or https:// URL.
 pub(crate) fn check_jwks_url(url: &str) -> Result<(), String> {
     parse_jwks_url(url).map(|_| ())
+}
+
+/// For `Config::validate`: `jwks_ca_file` holds at least one PEM certificate.
+pub(crate) fn check_jwks_ca_file(path: &str) -> Result<(), String> {
+    load_ca_file(path).map(|_| ())
+}
+
+fn load_ca_file(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("auth.jwks_ca_file: cannot read `{path}`: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("auth.jwks_ca_file: `{path}` is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "auth.jwks_ca_file: `{path}` holds no -----BEGIN CERTIFICATE----- block"
+        ));
+    }
+    Ok(certs)
+}
+
+/// The TLS settings for an https:// `jwks_url`: the system's trusted roots
+/// plus those of `jwks_ca_file`, with the aws-lc-rs crypto provider.
+fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for e in &native.errors {
+        tracing::warn!("auth.jwks_url: reading the system's trusted certificates: {e}");
+    }
+    let (_, ignored) = roots.add_parsable_certificates(native.certs);
+    if ignored > 0 {
+        tracing::debug!(
+            ignored,
+            "auth.jwks_url: unusable system certificates skipped"
+        );
+    }
+    if !ca_file.is_empty() {
+        for cert in load_ca_file(ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("auth.jwks_ca_file: `{ca_file}`: {e}"))?;
+        }
+    }
+    if roots.is_empty() {
+        tracing::warn!(
+            "auth.jwks_url: no trusted certificates found (install ca-certificates or set \
+             auth.jwks_ca_file); https:// fetches will fail"
+        );
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("auth.jwks_url: TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 fn parse_jwks_url(url: &str) -> Result<http::Uri, String> {
@@ -507,14 +565,12 @@ fn parse_jwks_url(url: &str) -> Result<http::Uri, String> {
         .parse()
         .map_err(|_| format!("auth.jwks_url: `{url}` is not a URL"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+        Some("http" | "https") => {}
+        _ => {
             return Err(format!(
-                "auth.jwks_url: `{url}`: this build fetches over http:// only; \
-                 reach an https:// endpoint through a local TLS-terminating proxy"
+                "auth.jwks_url: `{url}` must start with http:// or https://"
             ));
         }
-        _ => return Err(format!("auth.jwks_url: `{url}` must start with http://")),
     }
     if uri.host().is_none_or(str::is_empty) {
         return Err(format!("auth.jwks_url: `{url}` has no host"));
@@ -548,6 +604,8 @@ struct UrlKeys {
 /// What the refresh task shares with `verify`.
 struct Remote {
     uri: http::Uri,
+    /// TLS settings, for an https:// `uri`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     interval: Duration,
     base: Validation,
     keys: RwLock<Option<Arc<KeySet>>>,
@@ -609,10 +667,16 @@ impl Verifier {
             Source::Fixed(set)
         } else {
             let uri = parse_jwks_url(&cfg.jwks_url)?;
+            let tls = if uri.scheme_str() == Some("https") {
+                Some(Arc::new(tls_config(&cfg.jwks_ca_file)?))
+            } else {
+                None
+            };
             let (wake, idle) = mpsc::channel(1);
             Source::Url(UrlKeys {
                 remote: Arc::new(Remote {
                     uri,
+                    tls,
                     interval: cfg.jwks_refresh_interval.0.max(Duration::from_millis(1)),
                     base,
                     keys: RwLock::new(None),
@@ -675,13 +739,35 @@ impl Verifier {
     }
 }
 
-type FetchClient = Client<HttpConnector, Empty<Bytes>>;
+type FetchClient = Client<HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 /// Fetches the key set at start (retrying until it arrives), then once per
 /// wake-up, at most once per `interval`. A failed fetch keeps the cached set.
 async fn refresh_task(remote: Arc<Remote>, mut wake: mpsc::Receiver<()>) {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(FETCH_TIMEOUT));
+    let mut http = HttpConnector::new();
+    http.set_connect_timeout(Some(FETCH_TIMEOUT));
+    http.enforce_http(false);
+    let connector = match &remote.tls {
+        Some(tls) => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(rustls::ClientConfig::clone(tls))
+            .https_only()
+            .enable_http1()
+            .wrap_connector(http),
+        // http://: the connector never starts TLS, whatever its settings.
+        None => hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .expect("aws-lc-rs supports the default TLS versions")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http),
+    };
     let client: FetchClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);

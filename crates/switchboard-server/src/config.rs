@@ -112,8 +112,13 @@ pub struct AuthConfig {
     pub public_key_file: String,
     /// A JWK Set file; a token's key is chosen by its `kid`.
     pub jwks_file: String,
-    /// A JWK Set fetched over http://, cached, and fetched again on an unknown `kid`.
+    /// A JWK Set fetched over http:// or https://, cached, and fetched again on
+    /// an unknown `kid`. https:// trusts the system's root certificates plus
+    /// those of `jwks_ca_file`.
     pub jwks_url: String,
+    /// PEM file of extra CA certificates trusted for an https:// `jwks_url`
+    /// (e.g. a private CA); empty: the system's roots only.
+    pub jwks_ca_file: String,
     /// Minimum time between two fetches of `jwks_url` triggered by unknown `kid`s.
     pub jwks_refresh_interval: Dur,
     /// Required `aud`; empty: not checked.
@@ -135,6 +140,7 @@ impl fmt::Debug for AuthConfig {
             .field("public_key_file", &self.public_key_file)
             .field("jwks_file", &self.jwks_file)
             .field("jwks_url", &self.jwks_url)
+            .field("jwks_ca_file", &self.jwks_ca_file)
             .field("jwks_refresh_interval", &self.jwks_refresh_interval)
             .field("audience", &self.audience)
             .field("issuer", &self.issuer)
@@ -196,6 +202,13 @@ impl AuthConfig {
             && let Err(e) = crate::auth::check_jwks_url(&self.jwks_url)
         {
             errs.push(e);
+        }
+        if !self.jwks_ca_file.is_empty() {
+            if !self.jwks_url.starts_with("https://") {
+                errs.push("auth.jwks_ca_file: only used with an https:// auth.jwks_url".into());
+            } else if let Err(e) = crate::auth::check_jwks_ca_file(&self.jwks_ca_file) {
+                errs.push(e);
+            }
         }
         if self.jwks_refresh_interval.0.is_zero() {
             errs.push("auth.jwks_refresh_interval: must be above 0".into());
@@ -329,6 +342,7 @@ impl Default for AuthConfig {
             public_key_file: String::new(),
             jwks_file: String::new(),
             jwks_url: String::new(),
+            jwks_ca_file: String::new(),
             jwks_refresh_interval: Dur::secs(300),
             audience: String::new(),
             issuer: String::new(),

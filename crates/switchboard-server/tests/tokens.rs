@@ -1,6 +1,6 @@
 //! Token verification for every key source and algorithm (PROTOCOL §1, §8):
 //! keys under `tests/keys/` (see its README), a JWKS URL served by a tiny
-//! local HTTP server.
+//! local HTTP (or HTTPS, with a CA made at test time) server.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,8 +12,10 @@ use parking_lot::Mutex;
 use serde_json::{Value, json};
 use switchboard_server::auth::{AuthError, Token, Verifier};
 use switchboard_server::config::{AuthConfig, Config, Dur};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
 const SECRET: &str = "0123456789abcdef0123";
 
@@ -458,6 +460,37 @@ fn bad_key_sources_stop_the_start_naming_the_key() {
     assert_eq!(c.auth.public_key_file, pub_pem);
     load(&[("SWITCHBOARD_AUTH_JWKS_FILE", &key_path("jwks.json"))]).expect("valid");
     load(&[("SWITCHBOARD_AUTH_JWKS_URL", "http://127.0.0.1:1/jwks")]).expect("valid");
+    load(&[("SWITCHBOARD_AUTH_JWKS_URL", "https://127.0.0.1:1/jwks")]).expect("valid");
+    let ca = temp_file("ca.pem", TestCa::new().pem.as_bytes());
+    let c = load(&[
+        ("SWITCHBOARD_AUTH_JWKS_URL", "https://127.0.0.1:1/jwks"),
+        ("SWITCHBOARD_AUTH_JWKS_CA_FILE", &ca),
+    ])
+    .expect("valid");
+    assert_eq!(c.auth.jwks_ca_file, ca);
+    for (url, ca_file, says) in [
+        ("http://127.0.0.1:1/jwks", ca.clone(), "https://"),
+        (
+            "https://127.0.0.1:1/jwks",
+            key_path("missing.pem"),
+            "cannot read",
+        ),
+        (
+            "https://127.0.0.1:1/jwks",
+            key_path("rsa1.pub.pem"),
+            "CERTIFICATE",
+        ),
+    ] {
+        let err = load(&[
+            ("SWITCHBOARD_AUTH_JWKS_URL", url),
+            ("SWITCHBOARD_AUTH_JWKS_CA_FILE", &ca_file),
+        ])
+        .expect_err(&ca_file);
+        assert!(
+            err.contains("auth.jwks_ca_file") && err.contains(says),
+            "{ca_file}: {err}"
+        );
+    }
 
     let not_json = temp_file("bad.json", b"{\"keys\": ");
     let no_keys = temp_file("empty.json", b"{\"keys\": []}");
@@ -488,8 +521,8 @@ fn bad_key_sources_stop_the_start_naming_the_key() {
         ),
         (
             "SWITCHBOARD_AUTH_JWKS_URL",
-            "https://auth.example.com/jwks".into(),
-            "TLS",
+            "wss://auth.example.com/jwks".into(),
+            "https://",
         ),
         ("SWITCHBOARD_AUTH_JWKS_URL", "not a url".into(), "not a URL"),
     ];
@@ -527,11 +560,13 @@ fn bad_key_sources_stop_the_start_naming_the_key() {
 // ---------------------------------------------------------------------------
 // jwks_url
 
-/// A tiny HTTP server answering every request with the current body.
+/// A tiny HTTP (or HTTPS) server answering every request with the current body.
 struct JwksServer {
     url: String,
     body: Arc<Mutex<String>>,
     status: Arc<Mutex<&'static str>>,
+    /// TCP connections accepted (before any TLS handshake).
+    accepted: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
     up: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<()>,
@@ -539,48 +574,47 @@ struct JwksServer {
 
 impl JwksServer {
     async fn start(body: Value) -> Self {
+        Self::start_with(body, None).await
+    }
+
+    async fn start_with(body: Value, tls: Option<TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let body = Arc::new(Mutex::new(body.to_string()));
         let status = Arc::new(Mutex::new("200 OK"));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let up = Arc::new(AtomicBool::new(true));
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let task = tokio::spawn({
             let (body, status, requests) = (body.clone(), status.clone(), requests.clone());
+            let accepted = accepted.clone();
             async move {
                 loop {
-                    let Ok((mut s, _)) = listener.accept().await else {
+                    let Ok((s, _)) = listener.accept().await else {
                         continue;
                     };
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     let (body, status, requests) = (body.clone(), status.clone(), requests.clone());
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 1024];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match s.read(&mut chunk).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        match tls {
+                            None => answer(s, &body, &status, &requests).await,
+                            Some(tls) => {
+                                if let Ok(s) = tls.accept(s).await {
+                                    answer(s, &body, &status, &requests).await;
+                                }
                             }
                         }
-                        requests.fetch_add(1, Ordering::SeqCst);
-                        let body = body.lock().clone();
-                        let status = *status.lock();
-                        let head = format!(
-                            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
-                             Content-Length: {}\r\nConnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = s.write_all(head.as_bytes()).await;
-                        let _ = s.write_all(body.as_bytes()).await;
-                        let _ = s.shutdown().await;
                     });
                 }
             }
         });
         JwksServer {
-            url: format!("http://{addr}/.well-known/jwks.json"),
+            url: format!("{scheme}://{addr}/.well-known/jwks.json"),
             body,
             status,
+            accepted,
             requests,
             up,
             task,
@@ -599,6 +633,72 @@ impl JwksServer {
     fn stop(&self) {
         self.up.store(false, Ordering::SeqCst);
         self.task.abort();
+    }
+}
+
+/// Reads one request head and answers it with the current status and body.
+async fn answer(
+    mut s: impl AsyncRead + AsyncWrite + Unpin,
+    body: &Mutex<String>,
+    status: &Mutex<&'static str>,
+    requests: &AtomicUsize,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    requests.fetch_add(1, Ordering::SeqCst);
+    let body = body.lock().clone();
+    let status = *status.lock();
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s.write_all(body.as_bytes()).await;
+    let _ = s.shutdown().await;
+}
+
+/// A CA made at test time, and a TLS acceptor with a certificate it signed
+/// for 127.0.0.1.
+struct TestCa {
+    pem: String,
+    acceptor: TlsAcceptor,
+}
+
+impl TestCa {
+    fn new() -> Self {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "switchboard test CA");
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .expect("params")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone(), ca.der().clone()],
+                rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .expect("server config");
+        TestCa {
+            pem: ca.pem(),
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        }
     }
 }
 
@@ -779,4 +879,45 @@ fn jwks_url_built_outside_a_runtime_waits_for_start_refresh() {
     });
     assert_eq!(server.requests(), 1);
     assert_eq!(check(&v, &t), Ok("alice".into()));
+}
+
+#[tokio::test]
+async fn an_https_jwks_url_is_fetched_with_the_configured_ca() {
+    let ca = TestCa::new();
+    let server = JwksServer::start_with(jwks(&["rsa1"], json!({})), Some(ca.acceptor)).await;
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    let cfg = AuthConfig {
+        jwks_ca_file: temp_file("https-ca.pem", ca.pem.as_bytes()),
+        ..url_cfg(&server.url, Duration::from_secs(3600))
+    };
+    let v = verifier(&cfg);
+    eventually("the first fetch over TLS", || v.has_keys()).await;
+    assert_eq!(server.requests(), 1);
+    let t = sign(Algorithm::RS256, "rsa1", Some("rsa1"), &claims());
+    assert_eq!(check(&v, &t), Ok("alice".into()));
+}
+
+#[tokio::test]
+async fn an_https_jwks_url_with_an_untrusted_certificate_gives_no_keys() {
+    let server_ca = TestCa::new();
+    let server = JwksServer::start_with(jwks(&["rsa1"], json!({})), Some(server_ca.acceptor)).await;
+    // Another CA: the server's certificate does not chain to it (nor to the
+    // system's roots).
+    let cfg = AuthConfig {
+        jwks_ca_file: temp_file("other-ca.pem", TestCa::new().pem.as_bytes()),
+        ..url_cfg(&server.url, Duration::from_millis(100))
+    };
+    let v = verifier(&cfg);
+    let t = sign(Algorithm::RS256, "rsa1", Some("rsa1"), &claims());
+    eventually("two failed handshakes", || {
+        server.accepted.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(server.requests(), 0);
+    assert!(!v.has_keys());
+    assert_eq!(check(&v, &t), Err(AuthError::KeysUnavailable));
 }
