@@ -136,14 +136,6 @@ impl Outbox {
         self.state.lock().closing
     }
 
-    /// Moves every queued item into `into` and tells whether the client is closing.
-    pub fn drain(&self, into: &mut Vec<Out>) -> Option<Disconnect> {
-        let mut st = self.state.lock();
-        into.extend(st.queue.drain(..));
-        st.bytes = 0;
-        st.closing
-    }
-
     /// Takes the whole queue, leaving an empty one that holds no memory (an
     /// idle client keeps no queue allocation), and tells whether it is closing.
     pub fn take(&self) -> (VecDeque<Out>, Option<Disconnect>) {
@@ -329,17 +321,17 @@ mod tests {
             Err(PushError::Overflow(3))
         );
         assert_eq!(o.push(Bytes::from_static(b"1")), Err(PushError::Closed));
-        let mut v = Vec::new();
-        assert_eq!(o.drain(&mut v), Some(Disconnect::SLOW));
+        let (v, closing) = o.take();
+        assert_eq!(closing, Some(Disconnect::SLOW));
         assert!(v.is_empty());
     }
 
     #[test]
-    fn drain_empties_and_frees_the_bound() {
+    fn take_empties_and_frees_the_bound() {
         let o = Outbox::new(10);
         assert_eq!(o.push(Bytes::from_static(b"1234567890")), Ok(()));
-        let mut v = Vec::new();
-        assert_eq!(o.drain(&mut v), None);
+        let (v, closing) = o.take();
+        assert_eq!(closing, None);
         assert_eq!(v.len(), 1);
         assert_eq!(o.queued_bytes(), 0);
         assert_eq!(o.push(Bytes::from_static(b"1234567890")), Ok(()));
@@ -352,8 +344,8 @@ mod tests {
         assert!(o.close(Disconnect::KICKED));
         assert!(!o.close(Disconnect::SHUTDOWN));
         assert_eq!(o.push(Bytes::from_static(b"b")), Err(PushError::Closed));
-        let mut v = Vec::new();
-        assert_eq!(o.drain(&mut v), Some(Disconnect::KICKED));
+        let (v, closing) = o.take();
+        assert_eq!(closing, Some(Disconnect::KICKED));
         assert_eq!(v.len(), 1);
     }
 }
