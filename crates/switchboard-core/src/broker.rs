@@ -37,6 +37,16 @@ pub enum BrokerError {
 /// recovery read, at the point after which every publication reaches it.
 pub type OnJoin = Box<dyn FnOnce(&HistoryRead) + Send>;
 
+/// Where a join found the channel's stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    pub offset: u64,
+    pub epoch: String,
+    pub recovered: bool,
+    /// Publications replayed to the subscriber.
+    pub publications: usize,
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Binds the node the broker delivers to. Called once, before any publish.
@@ -71,7 +81,7 @@ pub trait Broker: Send + Sync + 'static {
         since: Option<StreamPosition>,
         retention: Retention,
         on_join: OnJoin,
-    ) -> Result<(), BrokerError>;
+    ) -> Result<Joined, BrokerError>;
 
     /// Periodic housekeeping.
     fn sweep(&self, _idle: std::time::Duration) {}
@@ -180,7 +190,7 @@ impl Broker for MemoryBroker {
         since: Option<StreamPosition>,
         retention: Retention,
         on_join: OnJoin,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Joined, BrokerError> {
         let query = HistoryQuery {
             limit: if since.is_some() { None } else { Some(0) },
             since,
@@ -188,7 +198,12 @@ impl Broker for MemoryBroker {
         let _order = self.lock(channel);
         let read = self.history.read(channel, &query, retention)?;
         on_join(&read);
-        Ok(())
+        Ok(Joined {
+            offset: read.offset,
+            epoch: read.epoch.to_string(),
+            recovered: read.recovered,
+            publications: read.publications.len(),
+        })
     }
 
     fn sweep(&self, idle: std::time::Duration) {

@@ -8,10 +8,6 @@ pub struct Disconnect {
 }
 
 impl Disconnect {
-    pub const NORMAL: Disconnect = Disconnect {
-        code: 1000,
-        reason: "normal",
-    };
     pub const SHUTDOWN: Disconnect = Disconnect {
         code: 1001,
         reason: "server shutting down",
@@ -23,14 +19,6 @@ impl Disconnect {
     pub const RATE_LIMITED: Disconnect = Disconnect {
         code: 1008,
         reason: "rate limit exceeded",
-    };
-    pub const TOO_LARGE: Disconnect = Disconnect {
-        code: 1009,
-        reason: "message too large",
-    };
-    pub const INTERNAL: Disconnect = Disconnect {
-        code: 1011,
-        reason: "internal error",
     };
     pub const SLOW: Disconnect = Disconnect {
         code: 1013,

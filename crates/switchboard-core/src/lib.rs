@@ -22,7 +22,7 @@ pub mod namespace;
 pub mod node;
 pub mod presence;
 
-pub use broker::{Broker, BrokerError, BrokerEvents, MemoryBroker};
+pub use broker::{Broker, BrokerError, BrokerEvents, Joined, MemoryBroker};
 pub use client::{ClientHandle, ClientId, ClientInit, Out, Outbox, PushError};
 pub use disconnect::Disconnect;
 pub use history::{
@@ -31,7 +31,7 @@ pub use history::{
 pub use hub::Hub;
 pub use metrics::Metrics;
 pub use namespace::{NamespacePolicy, Namespaces, SubscribeRule};
-pub use node::{CommandError, Node, NodeOptions, SubscribeOutcome};
+pub use node::{CommandError, Node, NodeOptions};
 pub use presence::{MemoryPresence, PresenceEntry, PresenceStore};
 pub use switchboard_protocol as protocol;
 pub mod file_history;

@@ -11,7 +11,7 @@ use switchboard_protocol::frame::{self, ErrorCode};
 use switchboard_protocol::{ChannelName, Op, Publication, StreamPosition};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, BrokerError, BrokerEvents};
+use crate::broker::{Broker, BrokerError, BrokerEvents, Joined};
 use crate::client::{ClientHandle, ClientInit};
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryQuery, HistoryRead};
@@ -82,15 +82,6 @@ impl From<BrokerError> for CommandError {
             BrokerError::History(_) => CommandError::new(ErrorCode::Internal, "history failed"),
         }
     }
-}
-
-/// What a subscribe did, for tests and the API.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SubscribeOutcome {
-    pub offset: u64,
-    pub epoch: String,
-    pub recovered: bool,
-    pub publications: usize,
 }
 
 pub struct Node {
@@ -359,7 +350,7 @@ impl Node {
         id: Option<u64>,
         channel: &ChannelName,
         since: Option<StreamPosition>,
-    ) -> Result<SubscribeOutcome, CommandError> {
+    ) -> Result<Joined, CommandError> {
         let ns = &self.opts.namespaces;
         if !ns.may_subscribe(channel, &client.user, &client.channels_claim) {
             return Err(CommandError::forbidden());
@@ -388,11 +379,9 @@ impl Node {
                 return Err(CommandError::new(ErrorCode::Internal, "presence failed"));
             }
         }
-        let outcome = Arc::new(parking_lot::Mutex::new(None));
         let on_join = {
             let client = client.clone();
             let channel = channel.clone();
-            let outcome = outcome.clone();
             let hub_add = self.hub_subscriber(&client, &channel);
             Box::new(move |read: &HistoryRead| {
                 hub_add();
@@ -401,24 +390,21 @@ impl Node {
                         .outbox
                         .push(frame::ok_reply(id, &subscribe_result(read)));
                 }
-                *outcome.lock() = Some(SubscribeOutcome {
-                    offset: read.offset,
-                    epoch: read.epoch.to_string(),
-                    recovered: read.recovered,
-                    publications: read.publications.len(),
-                });
             })
         };
-        if let Err(e) = self
+        let joined = match self
             .broker
             .join(channel, since, policy.retention(), on_join)
             .await
         {
-            if policy.presence && !already {
-                let _ = self.presence.remove(channel, &client.id).await;
+            Ok(j) => j,
+            Err(e) => {
+                if policy.presence && !already {
+                    let _ = self.presence.remove(channel, &client.id).await;
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         if client.is_removed() {
             if policy.presence && !already {
                 let _ = self.presence.remove(channel, &client.id).await;
@@ -431,17 +417,10 @@ impl Node {
                 tracing::warn!(error = %e, "join push failed");
             }
         }
-        let outcome = outcome.lock().take();
-        let outcome = outcome.unwrap_or(SubscribeOutcome {
-            offset: 0,
-            epoch: String::new(),
-            recovered: false,
-            publications: 0,
-        });
         self.metrics
             .publications_recovered
-            .inc_by(outcome.publications as u64);
-        Ok(outcome)
+            .inc_by(joined.publications as u64);
+        Ok(joined)
     }
 
     fn hub_subscriber(
