@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use switchboard_core::{
     Disconnect, FileHistory, HistoryStore, MemoryBroker, MemoryHistory, MemoryPresence, Namespaces,
     Node, NodeOptions, SyncMode,
@@ -94,7 +92,6 @@ pub async fn run(
             .clone()
             .run_heartbeats(state.cfg.auth.expire_connections),
     );
-    let header_timeout = state.cfg.ws.handshake_timeout.0;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -110,17 +107,7 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                tokio::spawn(async move {
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(header_timeout)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .with_upgrades();
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "http connection ended with an error");
-                    }
-                });
+                tokio::spawn(crate::http::front::serve(state.clone(), app.clone(), stream));
             }
         }
     }

@@ -233,3 +233,66 @@ async fn a_client_that_never_finishes_its_request_is_dropped_after_handshake_tim
         .expect("task");
     assert!(dropped, "the one-byte-at-a-time client was dropped");
 }
+
+/// Reads from `s` until `needle` appears in what arrived, or 5 s pass.
+async fn read_until(s: &mut tokio::net::TcpStream, needle: &[u8]) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !got.windows(needle.len()).any(|w| w == needle) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => panic!(
+                "no {:?} in {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(&got)
+            ),
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_handshake_in_pieces_with_a_command_behind_it_is_answered_in_order() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start(config()).await;
+    let mut request = upgrade_request(s.addr, &format!("/ws?token={}", s.token("a")), &[]);
+    // The first command rides in the same bytes as the head's end.
+    request.extend_from_slice(&masked_text_frame(br#"{"op":"ping","id":7}"#));
+    let mut tcp = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    for piece in request.chunks(5) {
+        tcp.write_all(piece).await.expect("write");
+        tcp.flush().await.expect("flush");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    let got = read_until(&mut tcp, br#""id":7"#).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101 "), "{text}");
+    let welcome = text.find(r#""type":"welcome""#).expect("welcome");
+    let pong = text.find(r#""type":"pong""#).expect("pong");
+    assert!(welcome < pong, "{text}");
+}
+
+#[tokio::test]
+async fn an_upgrade_after_a_plain_request_on_the_same_connection_works() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start(config()).await;
+    let mut tcp = tokio::net::TcpStream::connect(s.addr)
+        .await
+        .expect("connect");
+    tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    read_until(&mut tcp, b"\"status\"").await;
+    let mut request = upgrade_request(s.addr, &format!("/ws?token={}", s.token("b")), &[]);
+    request.extend_from_slice(&masked_text_frame(br#"{"op":"ping","id":9}"#));
+    tcp.write_all(&request).await.expect("write");
+    let got = read_until(&mut tcp, br#""id":9"#).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("HTTP/1.1 101 "), "{text}");
+    assert!(text.contains(r#""type":"welcome""#), "{text}");
+}

@@ -2,6 +2,7 @@
 //! in development mode only, the demo page and its token endpoint.
 
 pub mod api;
+pub mod front;
 pub mod ops;
 pub mod ws;
 

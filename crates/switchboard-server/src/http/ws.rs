@@ -7,12 +7,12 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
 use base64::Engine;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use hyper_util::rt::TokioIo;
 use switchboard_core::ClientInit;
 use switchboard_core::hub::AddError;
-use tokio::net::TcpStream;
 
+use super::front::Prefixed;
 use super::{SharedState, error, unavailable};
 use crate::auth::{AuthError, extract_token};
 use crate::transport;
@@ -58,29 +58,80 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
-pub async fn upgrade(State(st): State<SharedState>, req: Request) -> Response {
-    let mut r = checked_upgrade(st, req).await;
-    if r.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // A refused client has nothing more to say on this connection.
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+pub async fn upgrade(State(st): State<SharedState>, mut req: Request) -> Response {
+    let accepted = match check(&st, req.method(), req.uri().query(), req.headers()) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    // A second request on a kept-alive connection: hyper has the connection,
+    // so the upgrade goes through it (the usual path is `front`).
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let live = transport::LiveTransport::new(&st);
+    let init = accepted.init;
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => match upgraded.downcast::<Prefixed>() {
+                Ok(parts) => {
+                    let (stream, mut unread) = parts.io.into_parts();
+                    unread.extend_from_slice(&parts.read_buf);
+                    tokio::spawn(transport::start(stream, &unread, Bytes::new(), init, live));
+                }
+                Err(_) => tracing::warn!("upgraded connection is not a TCP stream"),
+            },
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accepted.accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     r
 }
 
-async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
+/// A handshake that passed every check.
+pub struct Accepted {
+    pub init: ClientInit,
+    /// `Sec-WebSocket-Accept`.
+    pub accept: String,
+}
+
+/// Every check of PROTOCOL §1, before any `101`: the refusal, when there is
+/// one, is the response to send (with `Connection: close`).
+pub fn check(
+    st: &SharedState,
+    method: &Method,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Accepted, Box<Response>> {
+    checked(st, method, query, headers).map_err(|mut r| {
+        // A refused client has nothing more to say on this connection.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r
+    })
+}
+
+fn checked(
+    st: &SharedState,
+    method: &Method,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Accepted, Box<Response>> {
     let node = &st.node;
     let reject = |reason: &'static str| node.metrics.reject(reason);
-    let headers = req.headers();
-    let key = headers.get(header::SEC_WEBSOCKET_KEY).cloned();
-    let is_upgrade = req.method() == Method::GET
+    let key = headers.get(header::SEC_WEBSOCKET_KEY);
+    let is_upgrade = method == Method::GET
         && header_has_token(headers, header::UPGRADE, "websocket")
         && header_has_token(headers, header::CONNECTION, "upgrade")
         && headers
             .get(header::SEC_WEBSOCKET_VERSION)
             .is_some_and(|v| v == "13")
         && key.is_some();
-    if !is_upgrade {
+    let Some(key) = key.filter(|_| is_upgrade) else {
         reject("not_websocket");
         let mut r = error(
             StatusCode::UPGRADE_REQUIRED,
@@ -93,11 +144,15 @@ async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
         );
         r.headers_mut()
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        return r;
-    }
+        return Err(Box::new(r));
+    };
     if st.draining.load(Ordering::Acquire) {
         reject("draining");
-        return unavailable("unavailable", "the node is draining; connect elsewhere", 1);
+        return Err(Box::new(unavailable(
+            "unavailable",
+            "the node is draining; connect elsewhere",
+            1,
+        )));
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let ok = origin
@@ -105,80 +160,63 @@ async fn checked_upgrade(st: SharedState, mut req: Request) -> Response {
             .is_ok_and(|o| origin_allowed(&st.cfg.ws.allowed_origins, o));
         if !ok {
             reject("origin");
-            return error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "origin not allowed",
+            )));
         }
     }
-    let claims = match extract_token(headers, req.uri().query(), &st.cfg.auth.cookie_name)
+    let claims = match extract_token(headers, query, &st.cfg.auth.cookie_name)
         .ok_or(AuthError::Missing)
         .and_then(|t| st.verifier.verify(&t))
     {
         Ok(c) => c,
         Err(e) => {
             reject(e.metric_reason());
-            return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string());
+            return Err(Box::new(error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                &e.to_string(),
+            )));
         }
     };
     if switchboard_protocol::ChannelName::personal(&claims.sub).is_err() {
         reject("invalid_token");
-        return error(
+        return Err(Box::new(error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "sub is not a valid user id",
-        );
+        )));
     }
     match node.admission(&claims.sub) {
         Ok(()) => {}
         Err(AddError::NodeFull) => {
             reject("node_full");
-            return unavailable("limit_exceeded", "node at its connection limit", 5);
+            return Err(Box::new(unavailable(
+                "limit_exceeded",
+                "node at its connection limit",
+                5,
+            )));
         }
         Err(AddError::UserFull) => {
             reject("user_full");
-            return unavailable("limit_exceeded", "too many connections for this user", 5);
+            return Err(Box::new(unavailable(
+                "limit_exceeded",
+                "too many connections for this user",
+                5,
+            )));
         }
     }
-    let Some(key) = key else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "missing Sec-WebSocket-Key",
-        );
-    };
-    let accept = accept_key(key.as_bytes());
-    let init = ClientInit {
-        user: claims.sub,
-        info: claims.info.map(|v| v.to_string()),
-        channels: claims.channels,
-        expires_at: claims.exp.unwrap_or(0),
-    };
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let state = st.clone();
-    let live = transport::LiveTransport::new(&st);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            // The server serves plain TCP streams, so the upgraded connection is
-            // one: the transport reads and writes the socket itself.
-            Ok(upgraded) => match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(parts) => {
-                    let stream = parts.io.into_inner();
-                    // The client's own task holds only what it needs; this one,
-                    // with hyper's read buffer, ends here.
-                    tokio::spawn(transport::start(state, stream, &parts.read_buf, init, live));
-                }
-                Err(_) => tracing::warn!("upgraded connection is not a TCP stream"),
-            },
-            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-        }
-    });
-    let mut r = Response::new(Body::empty());
-    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = r.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    r
+    Ok(Accepted {
+        accept: accept_key(key.as_bytes()),
+        init: ClientInit {
+            user: claims.sub,
+            info: claims.info.map(|v| v.to_string()),
+            channels: claims.channels,
+            expires_at: claims.exp.unwrap_or(0),
+        },
+    })
 }
 
 #[cfg(test)]
