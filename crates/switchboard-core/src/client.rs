@@ -253,8 +253,68 @@ pub struct ClientHandle {
     pub last_ping_ms: AtomicU64,
     /// Token expiry (Unix seconds), 0 for none; a `refresh` moves it.
     pub expires_at: AtomicU64,
-    pub(crate) subscriptions: Mutex<HashSet<ChannelName>>,
+    pub(crate) subscriptions: Mutex<Subscriptions>,
     pub(crate) removed: AtomicBool,
+    /// Whether the hub delivers the client's own personal channel to it:
+    /// personal channels are served from the hub's user index, not from a
+    /// channel entry per user. Changed only under that index's lock.
+    pub(crate) personal: AtomicBool,
+}
+
+/// The channels a client is in. Its own personal channel, which every client
+/// starts in, is a flag rather than an entry: an idle client's set holds no
+/// memory.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    personal: bool,
+    others: HashSet<ChannelName>,
+}
+
+impl Subscriptions {
+    fn is_own(user: &str, channel: &ChannelName) -> bool {
+        channel.personal_owner() == Some(user)
+    }
+
+    /// Adds `channel`; false when it was already there.
+    pub(crate) fn insert(&mut self, user: &str, channel: &ChannelName) -> bool {
+        if Self::is_own(user, channel) {
+            !std::mem::replace(&mut self.personal, true)
+        } else {
+            self.others.insert(channel.clone())
+        }
+    }
+
+    /// Removes `channel`; false when it was not there.
+    pub(crate) fn remove(&mut self, user: &str, channel: &ChannelName) -> bool {
+        if Self::is_own(user, channel) {
+            std::mem::replace(&mut self.personal, false)
+        } else {
+            self.others.remove(channel)
+        }
+    }
+
+    pub(crate) fn contains(&self, user: &str, channel: &ChannelName) -> bool {
+        if Self::is_own(user, channel) {
+            self.personal
+        } else {
+            self.others.contains(channel)
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.others.len() + usize::from(self.personal)
+    }
+
+    /// Empties the set, returning what it held.
+    pub(crate) fn drain(&mut self, user: &str) -> Vec<ChannelName> {
+        let mut all: Vec<ChannelName> = self.others.drain().collect();
+        if std::mem::take(&mut self.personal)
+            && let Ok(own) = ChannelName::personal(user)
+        {
+            all.push(own);
+        }
+        all
+    }
 }
 
 impl ClientHandle {
@@ -275,8 +335,9 @@ impl ClientHandle {
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
             expires_at: AtomicU64::new(init.expires_at),
-            subscriptions: Mutex::new(HashSet::new()),
+            subscriptions: Mutex::new(Subscriptions::default()),
             removed: AtomicBool::new(false),
+            personal: AtomicBool::new(false),
         }
     }
 
@@ -286,7 +347,7 @@ impl ClientHandle {
     }
 
     pub fn is_subscribed(&self, channel: &ChannelName) -> bool {
-        self.subscriptions.lock().contains(channel)
+        self.subscriptions.lock().contains(&self.user, channel)
     }
 
     pub fn subscription_count(&self) -> usize {

@@ -39,6 +39,19 @@ pub struct BroadcastOutcome {
     pub dropped: usize,
 }
 
+impl BroadcastOutcome {
+    fn push(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
+        match client.outbox.push(frame.clone()) {
+            Ok(()) => self.delivered += 1,
+            Err(PushError::Overflow(n)) => {
+                self.overflowed.push(client.clone());
+                self.dropped += n;
+            }
+            Err(PushError::Closed) => {}
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Hub {
     hasher: RandomState,
@@ -123,6 +136,15 @@ impl Hub {
 
     /// Adds `client` to `channel`; false when it was already there.
     pub fn subscribe(&self, channel: &ChannelName, client: &Arc<ClientHandle>) -> bool {
+        if channel.personal_owner() == Some(&*client.user) {
+            // Served from the user index: a flag, not a channel entry.
+            let _users = self.users[self.shard(&*client.user)].lock();
+            let added = !client.personal.swap(true, Ordering::Relaxed);
+            if added {
+                self.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            return added;
+        }
         let added = self.channels[self.shard(channel)]
             .lock()
             .entry(channel.clone())
@@ -137,6 +159,14 @@ impl Hub {
 
     /// Removes `client` from `channel`; false when it was not there.
     pub fn unsubscribe(&self, channel: &ChannelName, client: &ClientHandle) -> bool {
+        if channel.personal_owner() == Some(&*client.user) {
+            let _users = self.users[self.shard(&*client.user)].lock();
+            let removed = client.personal.swap(false, Ordering::Relaxed);
+            if removed {
+                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+            }
+            return removed;
+        }
         let mut shard = self.channels[self.shard(channel)].lock();
         let Some(subs) = shard.get_mut(channel) else {
             return false;
@@ -154,17 +184,20 @@ impl Hub {
     /// Pushes `frame` (encoded once, shared) to every subscriber of `channel`.
     pub fn broadcast(&self, channel: &ChannelName, frame: &Bytes) -> BroadcastOutcome {
         let mut out = BroadcastOutcome::default();
+        if let Some(owner) = channel.personal_owner() {
+            let users = self.users[self.shard(owner)].lock();
+            if let Some(list) = users.get(owner) {
+                for client in list {
+                    if client.personal.load(Ordering::Relaxed) {
+                        out.push(client, frame);
+                    }
+                }
+            }
+        }
         let shard = self.channels[self.shard(channel)].lock();
         if let Some(subs) = shard.get(channel) {
             for client in subs.values() {
-                match client.outbox.push(frame.clone()) {
-                    Ok(()) => out.delivered += 1,
-                    Err(PushError::Overflow(n)) => {
-                        out.overflowed.push(client.clone());
-                        out.dropped += n;
-                    }
-                    Err(PushError::Closed) => {}
-                }
+                out.push(client, frame);
             }
         }
         out
@@ -172,10 +205,21 @@ impl Hub {
 
     /// Number of local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
-        self.channels[self.shard(channel)]
-            .lock()
-            .get(channel)
-            .map_or(0, HashMap::len)
+        let personal = channel.personal_owner().map_or(0, |owner| {
+            self.users[self.shard(owner)]
+                .lock()
+                .get(owner)
+                .map_or(0, |l| {
+                    l.iter()
+                        .filter(|c| c.personal.load(Ordering::Relaxed))
+                        .count()
+                })
+        });
+        personal
+            + self.channels[self.shard(channel)]
+                .lock()
+                .get(channel)
+                .map_or(0, HashMap::len)
     }
 
     /// Every connection of `user` on this node.
@@ -228,7 +272,8 @@ impl Hub {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
-    /// Number of channels with at least one local subscriber.
+    /// Number of channels with at least one local subscriber, personal
+    /// channels not counted (they are served from the user index).
     pub fn channel_count(&self) -> usize {
         self.channels.iter().map(|s| s.lock().len()).sum()
     }
@@ -285,5 +330,35 @@ mod tests {
         assert!(hub.unsubscribe(&ch, &small));
         assert!(!hub.unsubscribe(&ch, &small));
         assert_eq!(hub.subscriber_count(&ch), 1);
+    }
+
+    #[test]
+    fn personal_channels_reach_the_connections_that_listen_on_them() {
+        let hub = Hub::new();
+        let own = ChannelName::personal("a").expect("valid");
+        let (a1, a2, b) = (
+            client(1, "a", 100),
+            client(2, "a", 100),
+            client(3, "b", 100),
+        );
+        for c in [&a1, &a2, &b] {
+            hub.add_client(c, 10, 10).expect("added");
+        }
+        assert!(hub.subscribe(&own, &a1));
+        assert!(!hub.subscribe(&own, &a1));
+        assert!(hub.subscribe(&own, &a2));
+        assert_eq!(hub.subscriber_count(&own), 2);
+        assert_eq!(hub.subscription_count(), 2);
+        // Another user's connection subscribed to it is served too.
+        assert!(hub.subscribe(&own, &b));
+        assert_eq!(hub.broadcast(&own, &Bytes::from_static(b"x")).delivered, 3);
+        assert!(hub.unsubscribe(&own, &a2));
+        assert!(!hub.unsubscribe(&own, &a2));
+        assert_eq!(hub.broadcast(&own, &Bytes::from_static(b"y")).delivered, 2);
+        assert_eq!(a2.outbox.take().0.len(), 1);
+        hub.remove_client(&a1);
+        assert_eq!(hub.broadcast(&own, &Bytes::from_static(b"z")).delivered, 1);
+        assert_eq!(hub.subscriber_count(&own), 1);
+        assert_eq!(hub.channel_count(), 1);
     }
 }

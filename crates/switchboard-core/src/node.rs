@@ -232,7 +232,7 @@ impl Node {
             self.opts.ping_interval.as_secs_f64(),
         ));
         if let Ok(personal) = ChannelName::personal(&client.user) {
-            client.subscriptions.lock().insert(personal.clone());
+            client.subscriptions.lock().insert(&client.user, &personal);
             self.hub.subscribe(&personal, &client);
             self.metrics.subscriptions.inc();
         }
@@ -258,7 +258,7 @@ impl Node {
             if client.removed.swap(true, Ordering::AcqRel) {
                 return;
             }
-            subs.drain().collect()
+            subs.drain(&client.user)
         };
         self.hub.remove_client(client);
         self.metrics.connections.dec();
@@ -298,7 +298,7 @@ impl Node {
                 }
             }
             Op::Unsubscribe { channel } => {
-                if client.subscriptions.lock().remove(&channel) {
+                if client.subscriptions.lock().remove(&client.user, &channel) {
                     self.leave_channel(client, &channel).await;
                 }
                 Ok(Bytes::from_static(b"{}"))
@@ -436,7 +436,7 @@ impl Node {
             if let Some(node) = me.upgrade()
                 && !client.is_removed()
             {
-                if subs.insert(channel.clone()) {
+                if subs.insert(&client.user, &channel) {
                     node.metrics.subscriptions.inc();
                 }
                 node.hub.subscribe(&channel, &client);

@@ -27,6 +27,8 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    // Accepted sockets inherit it (on Linux): one system call fewer per client.
+    socket.set_nodelay(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
 }
@@ -93,6 +95,9 @@ pub async fn run(
             .run_heartbeats(state.cfg.auth.expire_connections),
     );
     tokio::pin!(shutdown);
+    // Until an accepted socket shows it inherited `TCP_NODELAY` from the
+    // listener, set it on each.
+    let mut set_nodelay = true;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
@@ -106,7 +111,13 @@ pub async fn run(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
+                if set_nodelay {
+                    if stream.nodelay().unwrap_or(false) {
+                        set_nodelay = false;
+                    } else {
+                        let _ = stream.set_nodelay(true);
+                    }
+                }
                 tokio::spawn(crate::http::front::serve(state.clone(), app.clone(), stream));
             }
         }

@@ -65,14 +65,39 @@ impl Future for Serve {
 /// run; anything else is served by hyper to the connection's end.
 async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<ClientTask> {
     let timeout = st.cfg.ws.handshake_timeout.0;
-    let Ok(Ok(head)) = tokio::time::timeout(timeout, read_head(&stream)).await else {
-        // Timed out, reset or closed before a whole request line: like hyper
-        // with its header timeout, drop it.
-        return None;
+    let mut head = Head {
+        bytes: Vec::with_capacity(1024),
+        websocket: false,
+        drained: false,
     };
+    // Most clients send their head at once: read it before arming a timer.
+    match head.read(&stream) {
+        Ok(true) => {}
+        Ok(false) => {
+            let wait = async {
+                loop {
+                    stream.readable().await?;
+                    if head.read(&stream)? {
+                        return Ok::<(), io::Error>(());
+                    }
+                }
+            };
+            // Timed out, reset or closed before a whole head: like hyper with
+            // its header timeout, drop it.
+            tokio::time::timeout(timeout, wait).await.ok()?.ok()?;
+        }
+        Err(_) => return None,
+    }
     if head.websocket
         && let Some(request) = parse(&head.bytes)
     {
+        if head.drained {
+            // The socket was read to its end: forget its readiness, so the
+            // client's first wake-up is not a read that finds nothing.
+            let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+        }
         return websocket(st, stream, head.bytes, request).await;
     }
     // Boxed: hyper's connection future is large, and the routing future is
@@ -86,48 +111,40 @@ struct Head {
     bytes: Vec<u8>,
     /// A whole `GET /ws` request head is in `bytes`.
     websocket: bool,
+    /// The last read took less than it could: the socket had nothing more.
+    drained: bool,
 }
 
-/// Reads until the request is known not to be `GET /ws…` (hyper's), or its
-/// whole head is in.
-async fn read_head(stream: &TcpStream) -> io::Result<Head> {
-    const PREFIX: &[u8] = b"GET /ws";
-    let mut bytes = Vec::with_capacity(1024);
-    loop {
-        if bytes.len() == bytes.capacity() {
-            bytes.reserve(4096);
-        }
-        match stream.try_read_buf(&mut bytes) {
-            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                stream.readable().await?;
-                continue;
+impl Head {
+    /// Reads what the socket has until the request is known not to be
+    /// `GET /ws…` (hyper's), or its whole head is in: `Ok(true)` once routed,
+    /// `Ok(false)` when the socket has nothing more now.
+    fn read(&mut self, stream: &TcpStream) -> io::Result<bool> {
+        const PREFIX: &[u8] = b"GET /ws";
+        loop {
+            if self.bytes.len() == self.bytes.capacity() {
+                self.bytes.reserve(4096);
             }
-            Err(e) => return Err(e),
-        }
-        let ours = if bytes.len() <= PREFIX.len() {
-            PREFIX.starts_with(&bytes)
-        } else {
-            bytes.starts_with(PREFIX) && matches!(bytes[PREFIX.len()], b' ' | b'?')
-        };
-        if !ours {
-            return Ok(Head {
-                bytes,
-                websocket: false,
-            });
-        }
-        if bytes.len() > PREFIX.len() && find_end(&bytes).is_some() {
-            return Ok(Head {
-                bytes,
-                websocket: true,
-            });
-        }
-        if bytes.len() > MAX_HEAD {
-            return Ok(Head {
-                bytes,
-                websocket: false,
-            });
+            let room = self.bytes.capacity() - self.bytes.len();
+            match stream.try_read_buf(&mut self.bytes) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.drained = n < room,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            let bytes = &self.bytes;
+            let ours = if bytes.len() <= PREFIX.len() {
+                PREFIX.starts_with(bytes)
+            } else {
+                bytes.starts_with(PREFIX) && matches!(bytes[PREFIX.len()], b' ' | b'?')
+            };
+            if !ours || bytes.len() > MAX_HEAD {
+                return Ok(true);
+            }
+            if bytes.len() > PREFIX.len() && find_end(bytes).is_some() {
+                self.websocket = true;
+                return Ok(true);
+            }
         }
     }
 }
