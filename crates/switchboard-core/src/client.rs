@@ -5,7 +5,7 @@
 //! that would overflow it closes the client as a slow consumer instead of
 //! waiting, so a client that does not read never slows anyone else down.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -245,7 +245,7 @@ pub struct ClientHandle {
     pub id: ClientId,
     pub user: Arc<str>,
     pub info: Option<Arc<str>>,
-    pub channels_claim: Vec<String>,
+    pub channels_claim: Box<[String]>,
     pub outbox: Outbox,
     /// Milliseconds since the node's start when the last frame arrived.
     pub last_seen_ms: AtomicU64,
@@ -267,7 +267,9 @@ pub struct ClientHandle {
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
     personal: bool,
-    others: HashSet<ChannelName>,
+    /// A vector rather than a set: it is bounded by `max_channels_per_client`
+    /// and smaller in every client.
+    others: Vec<ChannelName>,
 }
 
 impl Subscriptions {
@@ -279,8 +281,11 @@ impl Subscriptions {
     pub(crate) fn insert(&mut self, user: &str, channel: &ChannelName) -> bool {
         if Self::is_own(user, channel) {
             !std::mem::replace(&mut self.personal, true)
+        } else if self.others.contains(channel) {
+            false
         } else {
-            self.others.insert(channel.clone())
+            self.others.push(channel.clone());
+            true
         }
     }
 
@@ -288,8 +293,11 @@ impl Subscriptions {
     pub(crate) fn remove(&mut self, user: &str, channel: &ChannelName) -> bool {
         if Self::is_own(user, channel) {
             std::mem::replace(&mut self.personal, false)
+        } else if let Some(i) = self.others.iter().position(|c| c == channel) {
+            self.others.swap_remove(i);
+            true
         } else {
-            self.others.remove(channel)
+            false
         }
     }
 
@@ -307,7 +315,7 @@ impl Subscriptions {
 
     /// Empties the set, returning what it held.
     pub(crate) fn drain(&mut self, user: &str) -> Vec<ChannelName> {
-        let mut all: Vec<ChannelName> = self.others.drain().collect();
+        let mut all = std::mem::take(&mut self.others);
         if std::mem::take(&mut self.personal)
             && let Ok(own) = ChannelName::personal(user)
         {
@@ -330,7 +338,7 @@ impl ClientHandle {
             id: ClientId::new(key, salt),
             user: Arc::from(init.user),
             info: init.info.map(Arc::from),
-            channels_claim: init.channels,
+            channels_claim: init.channels.into_boxed_slice(),
             outbox: Outbox::new(max_bytes),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),

@@ -52,11 +52,54 @@ impl BroadcastOutcome {
     }
 }
 
+/// A user's connections on this node: most users have one, kept inline (no
+/// allocation); more go to a vector.
+#[derive(Debug)]
+enum UserClients {
+    One(Arc<ClientHandle>),
+    Many(Vec<Arc<ClientHandle>>),
+}
+
+impl UserClients {
+    fn as_slice(&self) -> &[Arc<ClientHandle>] {
+        match self {
+            UserClients::One(c) => std::slice::from_ref(c),
+            UserClients::Many(v) => v,
+        }
+    }
+
+    fn push(&mut self, client: Arc<ClientHandle>) {
+        match self {
+            UserClients::One(first) => {
+                *self = UserClients::Many(vec![first.clone(), client]);
+            }
+            UserClients::Many(v) => v.push(client),
+        }
+    }
+
+    /// Removes the client with `key`; true when none is left.
+    fn remove(&mut self, key: u64) -> bool {
+        match self {
+            UserClients::One(c) => c.key == key,
+            UserClients::Many(v) => {
+                v.retain(|c| c.key != key);
+                let empty = v.is_empty();
+                if v.len() == 1
+                    && let Some(last) = v.pop()
+                {
+                    *self = UserClients::One(last);
+                }
+                empty
+            }
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Hub {
     hasher: RandomState,
     channels: Shards<HashMap<ChannelName, Subscribers>>,
-    users: Shards<HashMap<Arc<str>, Vec<Arc<ClientHandle>>>>,
+    users: Shards<HashMap<Arc<str>, UserClients>>,
     clients: Shards<Subscribers>,
     connections: AtomicUsize,
     subscriptions: AtomicUsize,
@@ -101,13 +144,22 @@ impl Hub {
         }
         {
             let mut users = self.users[self.shard(&*client.user)].lock();
-            let list = users.entry(client.user.clone()).or_default();
-            if list.len() >= max_per_user {
-                drop(users);
-                self.connections.fetch_sub(1, Ordering::AcqRel);
-                return Err(AddError::UserFull);
+            match users.get_mut(&*client.user) {
+                Some(list) if list.as_slice().len() >= max_per_user => {
+                    drop(users);
+                    self.connections.fetch_sub(1, Ordering::AcqRel);
+                    return Err(AddError::UserFull);
+                }
+                Some(list) => list.push(client.clone()),
+                None if max_per_user == 0 => {
+                    drop(users);
+                    self.connections.fetch_sub(1, Ordering::AcqRel);
+                    return Err(AddError::UserFull);
+                }
+                None => {
+                    users.insert(client.user.clone(), UserClients::One(client.clone()));
+                }
             }
-            list.push(client.clone());
         }
         self.clients[self.shard(&client.key)]
             .lock()
@@ -126,11 +178,10 @@ impl Hub {
         }
         self.connections.fetch_sub(1, Ordering::AcqRel);
         let mut users = self.users[self.shard(&*client.user)].lock();
-        if let Some(list) = users.get_mut(&*client.user) {
-            list.retain(|c| c.key != client.key);
-            if list.is_empty() {
-                users.remove(&*client.user);
-            }
+        if let Some(list) = users.get_mut(&*client.user)
+            && list.remove(client.key)
+        {
+            users.remove(&*client.user);
         }
     }
 
@@ -187,7 +238,7 @@ impl Hub {
         if let Some(owner) = channel.personal_owner() {
             let users = self.users[self.shard(owner)].lock();
             if let Some(list) = users.get(owner) {
-                for client in list {
+                for client in list.as_slice() {
                     if client.personal.load(Ordering::Relaxed) {
                         out.push(client, frame);
                     }
@@ -210,7 +261,8 @@ impl Hub {
                 .lock()
                 .get(owner)
                 .map_or(0, |l| {
-                    l.iter()
+                    l.as_slice()
+                        .iter()
                         .filter(|c| c.personal.load(Ordering::Relaxed))
                         .count()
                 })
@@ -227,7 +279,7 @@ impl Hub {
         self.users[self.shard(user)]
             .lock()
             .get(user)
-            .cloned()
+            .map(|l| l.as_slice().to_vec())
             .unwrap_or_default()
     }
 

@@ -80,6 +80,11 @@ impl Decoder {
         }
     }
 
+    /// No fragmented message is in progress: the decoder holds nothing.
+    pub fn is_idle(&self) -> bool {
+        self.fragments.is_none()
+    }
+
     /// Decodes every complete frame at the start of `input`, pushing finished
     /// messages to `out`. Returns how many bytes were used; the rest is an
     /// incomplete frame the caller keeps for the next call. After an error the

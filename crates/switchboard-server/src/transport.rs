@@ -253,10 +253,18 @@ impl WriteQueue {
 /// One WebSocket connection's I/O: decoding what arrives, writing what is queued.
 struct Connection {
     stream: TcpStream,
-    decoder: Decoder,
-    /// An incomplete frame's bytes; empty (unallocated) between frames.
-    partial: Vec<u8>,
+    /// Decoding state, only while a frame or a fragmented message is
+    /// incomplete: an idle client holds none.
+    reading: Option<Box<Reading>>,
+    max_message: usize,
     out: WriteQueue,
+}
+
+/// What a connection keeps between reads while a message is incomplete.
+struct Reading {
+    decoder: Decoder,
+    /// An incomplete frame's bytes.
+    partial: Vec<u8>,
 }
 
 /// How a connection ends with a close frame.
@@ -294,10 +302,10 @@ enum ReadEnd {
 
 impl Connection {
     fn new(stream: TcpStream, already_read: &[u8], head: Bytes, max_message: usize) -> Self {
-        Connection {
+        let mut conn = Connection {
             stream,
-            decoder: Decoder::new(max_message),
-            partial: already_read.to_vec(),
+            reading: None,
+            max_message,
             out: WriteQueue {
                 frames: if head.is_empty() {
                     VecDeque::new()
@@ -306,13 +314,40 @@ impl Connection {
                 },
                 offset: 0,
             },
+        };
+        if !already_read.is_empty() {
+            conn.reading_state().partial = already_read.to_vec();
         }
+        conn
+    }
+
+    fn reading_state(&mut self) -> &mut Reading {
+        let max_message = self.max_message;
+        self.reading.get_or_insert_with(|| {
+            Box::new(Reading {
+                decoder: Decoder::new(max_message),
+                partial: Vec::new(),
+            })
+        })
+    }
+
+    /// Bytes of an incomplete frame are waiting to be decoded.
+    fn has_partial(&self) -> bool {
+        self.reading.as_ref().is_some_and(|r| !r.partial.is_empty())
+    }
+
+    fn take_partial(&mut self) -> Vec<u8> {
+        self.reading
+            .as_mut()
+            .map(|r| std::mem::take(&mut r.partial))
+            .unwrap_or_default()
     }
 
     fn decode(&mut self, bytes: &[u8], messages: &mut Vec<Message>) -> Result<(), ProtocolError> {
-        let used = self.decoder.decode(bytes, messages)?;
+        let reading = self.reading_state();
+        let used = reading.decoder.decode(bytes, messages)?;
         let rest = &bytes[used..];
-        self.partial = if rest.is_empty() {
+        reading.partial = if rest.is_empty() {
             Vec::new()
         } else {
             rest.to_vec()
@@ -320,13 +355,26 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads what the socket has now (up to a budget) and decodes it.
+    /// Reads what the socket has now (up to a budget) and decodes it; keeps
+    /// decoding state only while something is incomplete.
     fn read_now(&mut self) -> ReadOutcome {
+        let out = self.read_and_decode();
+        if self
+            .reading
+            .as_ref()
+            .is_some_and(|r| r.partial.is_empty() && r.decoder.is_idle())
+        {
+            self.reading = None;
+        }
+        out
+    }
+
+    fn read_and_decode(&mut self) -> ReadOutcome {
         let mut messages = Vec::new();
-        if !self.partial.is_empty() {
+        if self.has_partial() {
             // Bytes that came with the upgrade request, or an incomplete frame
             // (decoding it again only re-reads its header).
-            let partial = std::mem::take(&mut self.partial);
+            let partial = self.take_partial();
             if let Err(e) = self.decode(&partial, &mut messages) {
                 return ReadOutcome {
                     messages,
@@ -344,10 +392,10 @@ impl Connection {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
                     Err(_) => return Err(None),
                 };
-                if self.partial.is_empty() {
+                if !self.has_partial() {
                     self.decode(&scratch[..n], &mut messages).map_err(Some)?;
                 } else {
-                    let mut partial = std::mem::take(&mut self.partial);
+                    let mut partial = self.take_partial();
                     partial.extend_from_slice(&scratch[..n]);
                     self.decode(&partial, &mut messages).map_err(Some)?;
                 }
@@ -517,7 +565,7 @@ fn run(
             RateLimit::new(live.0.cfg.limits.messages_per_second, live.0.node.now_ms());
         let mut stall_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // Bytes may have come with the upgrade request: read before waiting.
-        let mut readable = !conn.partial.is_empty();
+        let mut readable = conn.has_partial();
         let close: Option<Close> = 'run: loop {
             if readable {
                 readable = false;
@@ -725,7 +773,7 @@ pub async fn echo(mut stream: TcpStream, max_message: usize) -> io::Result<()> {
     stream.write_all(response.as_bytes()).await?;
     let mut conn = Connection::new(stream, &head[end..], Bytes::new(), max_message);
     // Bytes may have come with the upgrade request: decode them before waiting.
-    let mut first = !conn.partial.is_empty();
+    let mut first = conn.has_partial();
     loop {
         conn.flush(Duration::from_secs(30)).await?;
         if !first {
