@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -251,8 +251,9 @@ pub struct ClientHandle {
     pub last_seen_ms: AtomicU64,
     /// Milliseconds since the node's start when the last ping was queued.
     pub last_ping_ms: AtomicU64,
-    /// Token expiry (Unix seconds), 0 for none; a `refresh` moves it.
-    pub expires_at: AtomicU64,
+    /// Token expiry (Unix seconds, 0 for none) in 32 bits, which keeps the
+    /// handle within its allocator size class; see [`Self::expires_at`].
+    expires_at: AtomicU32,
     pub(crate) subscriptions: Mutex<Subscriptions>,
     pub(crate) removed: AtomicBool,
     /// Whether the hub delivers the client's own personal channel to it:
@@ -342,11 +343,21 @@ impl ClientHandle {
             outbox: Outbox::new(max_bytes),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
-            expires_at: AtomicU64::new(init.expires_at),
+            expires_at: AtomicU32::new(clamp_unix(init.expires_at)),
             subscriptions: Mutex::new(Subscriptions::default()),
             removed: AtomicBool::new(false),
             personal: AtomicBool::new(false),
         }
+    }
+
+    /// Token expiry in Unix seconds, 0 for none.
+    pub fn expires_at(&self) -> u64 {
+        u64::from(self.expires_at.load(Ordering::Relaxed))
+    }
+
+    /// Moves the token expiry (a `refresh`); 0 for none.
+    pub fn set_expires_at(&self, unix_s: u64) {
+        self.expires_at.store(clamp_unix(unix_s), Ordering::Relaxed);
     }
 
     /// Records that a frame arrived (any frame: command, pong, ping).
@@ -416,5 +427,24 @@ mod tests {
         let (v, closing) = o.take();
         assert_eq!(closing, Some(Disconnect::KICKED));
         assert_eq!(v.len(), 1);
+    }
+}
+/// Unix seconds past 2106 are as good as never for a token's expiry.
+fn clamp_unix(unix_s: u64) -> u32 {
+    u32::try_from(unix_s).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// Every connection holds one handle in an `Arc`: past 256 bytes the
+    /// allocator's next size class is 320, 64 more bytes per connection.
+    #[test]
+    fn a_client_handle_fits_a_256_byte_allocation() {
+        let arc_inner =
+            std::mem::size_of::<super::ClientHandle>() + 2 * std::mem::size_of::<usize>();
+        assert!(
+            arc_inner <= 256,
+            "Arc<ClientHandle> takes {arc_inner} bytes"
+        );
     }
 }

@@ -6,6 +6,8 @@
 //! never waits): never across an `.await`.
 
 use std::collections::HashMap;
+
+use hashbrown::HashTable;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
@@ -53,11 +55,13 @@ impl BroadcastOutcome {
 }
 
 /// A user's connections on this node: most users have one, kept inline (no
-/// allocation); more go to a vector.
+/// allocation); more go to a boxed vector, so the entry stays two words.
 #[derive(Debug)]
 enum UserClients {
     One(Arc<ClientHandle>),
-    Many(Vec<Arc<ClientHandle>>),
+    // Boxed so that the entry of the common `One` case stays two words.
+    #[allow(clippy::box_collection)]
+    Many(Box<Vec<Arc<ClientHandle>>>),
 }
 
 impl UserClients {
@@ -68,29 +72,57 @@ impl UserClients {
         }
     }
 
+    /// The user, read from a connection: the table stores no key of its own.
+    fn user(&self) -> &str {
+        match self {
+            UserClients::One(c) => &c.user,
+            // A `Many` always holds two or more (see `remove`).
+            UserClients::Many(v) => v.first().map_or("", |c| &c.user),
+        }
+    }
+
     fn push(&mut self, client: Arc<ClientHandle>) {
         match self {
             UserClients::One(first) => {
-                *self = UserClients::Many(vec![first.clone(), client]);
+                *self = UserClients::Many(Box::new(vec![first.clone(), client]));
             }
             UserClients::Many(v) => v.push(client),
         }
     }
 
-    /// Removes the client with `key`; true when none is left.
-    fn remove(&mut self, key: u64) -> bool {
+    /// Removes the client with `key`: `None` when it was not there, else
+    /// whether none is left.
+    fn remove(&mut self, key: u64) -> Option<bool> {
         match self {
-            UserClients::One(c) => c.key == key,
+            UserClients::One(c) => (c.key == key).then_some(true),
             UserClients::Many(v) => {
-                v.retain(|c| c.key != key);
-                let empty = v.is_empty();
+                let i = v.iter().position(|c| c.key == key)?;
+                v.swap_remove(i);
                 if v.len() == 1
                     && let Some(last) = v.pop()
                 {
                     *self = UserClients::One(last);
                 }
-                empty
+                Some(false)
             }
+        }
+    }
+}
+
+/// One shard of the user index: entries hashed by user with the hub's
+/// hasher, the key read from the entry's connections.
+#[derive(Debug, Default)]
+struct Users(HashTable<UserClients>);
+
+impl Users {
+    fn get(&self, hash: u64, user: &str) -> Option<&UserClients> {
+        self.0.find(hash, |e| e.user() == user)
+    }
+
+    /// Gives memory back once the shard is mostly empty (after a crowd left).
+    fn shrink_if_sparse(&mut self, hasher: &RandomState) {
+        if self.0.capacity() > 64 && self.0.len() * 4 < self.0.capacity() {
+            self.0.shrink_to_fit(|e| hasher.hash_one(e.user()));
         }
     }
 }
@@ -99,8 +131,8 @@ impl UserClients {
 pub struct Hub {
     hasher: RandomState,
     channels: Shards<HashMap<ChannelName, Subscribers>>,
-    users: Shards<HashMap<Arc<str>, UserClients>>,
-    clients: Shards<Subscribers>,
+    /// Every client, by user: also how the node enumerates its clients.
+    users: Shards<Users>,
     connections: AtomicUsize,
     subscriptions: AtomicUsize,
 }
@@ -121,7 +153,6 @@ impl Hub {
             hasher: RandomState::new(),
             channels: shards(),
             users: shards(),
-            clients: shards(),
             connections: AtomicUsize::new(0),
             subscriptions: AtomicUsize::new(0),
         }
@@ -129,6 +160,13 @@ impl Hub {
 
     fn shard<T: Hash + ?Sized>(&self, key: &T) -> usize {
         (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// A user's shard and hash in it: the shard from high bits, so that
+    /// entries of one shard still spread over their table's buckets.
+    fn user_slot(&self, user: &str) -> (usize, u64) {
+        let hash = self.hasher.hash_one(user);
+        ((hash >> 40) as usize % SHARDS, hash)
     }
 
     /// Adds a client, unless the node or its user is at the limit.
@@ -142,54 +180,56 @@ impl Hub {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(AddError::NodeFull);
         }
-        {
-            let mut users = self.users[self.shard(&*client.user)].lock();
-            match users.get_mut(&*client.user) {
-                Some(list) if list.as_slice().len() >= max_per_user => {
-                    drop(users);
-                    self.connections.fetch_sub(1, Ordering::AcqRel);
-                    return Err(AddError::UserFull);
-                }
-                Some(list) => list.push(client.clone()),
-                None if max_per_user == 0 => {
-                    drop(users);
-                    self.connections.fetch_sub(1, Ordering::AcqRel);
-                    return Err(AddError::UserFull);
-                }
-                None => {
-                    users.insert(client.user.clone(), UserClients::One(client.clone()));
-                }
+        let (shard, hash) = self.user_slot(&client.user);
+        let mut users = self.users[shard].lock();
+        let full = match users.0.find_mut(hash, |e| e.user() == &*client.user) {
+            Some(list) if list.as_slice().len() >= max_per_user => true,
+            Some(list) => {
+                list.push(client.clone());
+                false
             }
+            None if max_per_user == 0 => true,
+            None => {
+                users
+                    .0
+                    .insert_unique(hash, UserClients::One(client.clone()), |e| {
+                        self.hasher.hash_one(e.user())
+                    });
+                false
+            }
+        };
+        drop(users);
+        if full {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(AddError::UserFull);
         }
-        self.clients[self.shard(&client.key)]
-            .lock()
-            .insert(client.key, client.clone());
         Ok(())
     }
 
-    /// Removes a client from the client and user indexes (not from channels).
+    /// Removes a client from the user index (not from channels); a second
+    /// call does nothing.
     pub fn remove_client(&self, client: &ClientHandle) {
-        if self.clients[self.shard(&client.key)]
-            .lock()
-            .remove(&client.key)
-            .is_none()
-        {
+        let (shard, hash) = self.user_slot(&client.user);
+        let mut users = self.users[shard].lock();
+        let Ok(mut entry) = users.0.find_entry(hash, |e| e.user() == &*client.user) else {
             return;
+        };
+        let Some(emptied) = entry.get_mut().remove(client.key) else {
+            return;
+        };
+        if emptied {
+            entry.remove();
+            users.shrink_if_sparse(&self.hasher);
         }
+        drop(users);
         self.connections.fetch_sub(1, Ordering::AcqRel);
-        let mut users = self.users[self.shard(&*client.user)].lock();
-        if let Some(list) = users.get_mut(&*client.user)
-            && list.remove(client.key)
-        {
-            users.remove(&*client.user);
-        }
     }
 
     /// Adds `client` to `channel`; false when it was already there.
     pub fn subscribe(&self, channel: &ChannelName, client: &Arc<ClientHandle>) -> bool {
         if channel.personal_owner() == Some(&*client.user) {
             // Served from the user index: a flag, not a channel entry.
-            let _users = self.users[self.shard(&*client.user)].lock();
+            let _users = self.users[self.user_slot(&client.user).0].lock();
             let added = !client.personal.swap(true, Ordering::Relaxed);
             if added {
                 self.subscriptions.fetch_add(1, Ordering::Relaxed);
@@ -211,7 +251,7 @@ impl Hub {
     /// Removes `client` from `channel`; false when it was not there.
     pub fn unsubscribe(&self, channel: &ChannelName, client: &ClientHandle) -> bool {
         if channel.personal_owner() == Some(&*client.user) {
-            let _users = self.users[self.shard(&*client.user)].lock();
+            let _users = self.users[self.user_slot(&client.user).0].lock();
             let removed = client.personal.swap(false, Ordering::Relaxed);
             if removed {
                 self.subscriptions.fetch_sub(1, Ordering::Relaxed);
@@ -223,8 +263,15 @@ impl Hub {
             return false;
         };
         let removed = subs.remove(&client.key).is_some();
+        if subs.capacity() > 64 && subs.len() * 4 < subs.capacity() {
+            subs.shrink_to_fit();
+        }
         if subs.is_empty() {
             shard.remove(channel);
+            // Gives memory back once the shard is mostly empty.
+            if shard.capacity() > 64 && shard.len() * 4 < shard.capacity() {
+                shard.shrink_to_fit();
+            }
         }
         if removed {
             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
@@ -236,8 +283,9 @@ impl Hub {
     pub fn broadcast(&self, channel: &ChannelName, frame: &Bytes) -> BroadcastOutcome {
         let mut out = BroadcastOutcome::default();
         if let Some(owner) = channel.personal_owner() {
-            let users = self.users[self.shard(owner)].lock();
-            if let Some(list) = users.get(owner) {
+            let (shard, hash) = self.user_slot(owner);
+            let users = self.users[shard].lock();
+            if let Some(list) = users.get(hash, owner) {
                 for client in list.as_slice() {
                     if client.personal.load(Ordering::Relaxed) {
                         out.push(client, frame);
@@ -257,15 +305,13 @@ impl Hub {
     /// Number of local subscribers of `channel`.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
         let personal = channel.personal_owner().map_or(0, |owner| {
-            self.users[self.shard(owner)]
-                .lock()
-                .get(owner)
-                .map_or(0, |l| {
-                    l.as_slice()
-                        .iter()
-                        .filter(|c| c.personal.load(Ordering::Relaxed))
-                        .count()
-                })
+            let (shard, hash) = self.user_slot(owner);
+            self.users[shard].lock().get(hash, owner).map_or(0, |l| {
+                l.as_slice()
+                    .iter()
+                    .filter(|c| c.personal.load(Ordering::Relaxed))
+                    .count()
+            })
         });
         personal
             + self.channels[self.shard(channel)]
@@ -276,9 +322,10 @@ impl Hub {
 
     /// Every connection of `user` on this node.
     pub fn user_clients(&self, user: &str) -> Vec<Arc<ClientHandle>> {
-        self.users[self.shard(user)]
+        let (shard, hash) = self.user_slot(user);
+        self.users[shard]
             .lock()
-            .get(user)
+            .get(hash, user)
             .map(|l| l.as_slice().to_vec())
             .unwrap_or_default()
     }
@@ -287,7 +334,13 @@ impl Hub {
     pub fn users(&self) -> Vec<Arc<str>> {
         let mut all = Vec::new();
         for shard in self.users.iter() {
-            all.extend(shard.lock().keys().cloned());
+            all.extend(
+                shard
+                    .lock()
+                    .0
+                    .iter()
+                    .filter_map(|e| e.as_slice().first().map(|c| c.user.clone())),
+            );
         }
         all
     }
@@ -296,8 +349,10 @@ impl Hub {
     /// caller works on the list).
     pub fn clients(&self) -> Vec<Arc<ClientHandle>> {
         let mut all = Vec::with_capacity(self.connection_count());
-        for shard in self.clients.iter() {
-            all.extend(shard.lock().values().cloned());
+        for shard in self.users.iter() {
+            for e in shard.lock().0.iter() {
+                all.extend_from_slice(e.as_slice());
+            }
         }
         all
     }
@@ -305,9 +360,9 @@ impl Hub {
     /// Calls `f` for each client of one shard; used by the heartbeat sweep to
     /// visit the node a shard at a time without copying every handle.
     pub fn for_each_client_in_shard(&self, shard: usize, mut f: impl FnMut(&Arc<ClientHandle>)) {
-        if let Some(s) = self.clients.get(shard) {
-            for c in s.lock().values() {
-                f(c);
+        if let Some(s) = self.users.get(shard) {
+            for e in s.lock().0.iter() {
+                e.as_slice().iter().for_each(&mut f);
             }
         }
     }
@@ -412,5 +467,54 @@ mod tests {
         assert_eq!(hub.broadcast(&own, &Bytes::from_static(b"z")).delivered, 1);
         assert_eq!(hub.subscriber_count(&own), 1);
         assert_eq!(hub.channel_count(), 1);
+    }
+
+    #[test]
+    fn the_user_index_follows_connections_in_any_order() {
+        let hub = Hub::new();
+        // Enough users to fill and then empty every shard's table.
+        let clients: Vec<_> = (0..3000u64)
+            .map(|k| client(k, &format!("u{}", k % 1000), 10))
+            .collect();
+        for c in &clients {
+            hub.add_client(c, usize::MAX, 3).expect("added");
+        }
+        assert_eq!(hub.connection_count(), 3000);
+        assert_eq!(hub.users().len(), 1000);
+        let mut keys: Vec<u64> = hub.clients().iter().map(|c| c.key).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, (0..3000).collect::<Vec<_>>());
+        let mut visited = 0;
+        for shard in 0..hub.shard_count() {
+            hub.for_each_client_in_shard(shard, |_| visited += 1);
+        }
+        assert_eq!(visited, 3000);
+        assert_eq!(hub.user_clients("u7").len(), 3);
+
+        // The middle connection of each user first, then the others.
+        for c in clients.iter().skip(1000).take(1000) {
+            hub.remove_client(c);
+            hub.remove_client(c); // a second removal changes nothing
+        }
+        assert_eq!(hub.connection_count(), 2000);
+        let u7: Vec<u64> = hub.user_clients("u7").iter().map(|c| c.key).collect();
+        assert_eq!(u7.len(), 2);
+        assert!(u7.contains(&7) && u7.contains(&2007));
+        for c in clients.iter().take(1000) {
+            hub.remove_client(c);
+        }
+        assert_eq!(hub.user_clients("u7").len(), 1);
+        assert_eq!(hub.users().len(), 1000);
+        for c in clients.iter().skip(2000) {
+            hub.remove_client(c);
+        }
+        assert_eq!(hub.connection_count(), 0);
+        assert!(hub.users().is_empty() && hub.clients().is_empty());
+        assert!(hub.user_clients("u7").is_empty());
+        // Emptied tables gave their memory back.
+        assert!(hub.users.iter().all(|s| s.lock().0.capacity() <= 64));
+        // And the index still works.
+        hub.add_client(&clients[0], usize::MAX, 3).expect("added again");
+        assert_eq!(hub.user_clients("u0").len(), 1);
     }
 }

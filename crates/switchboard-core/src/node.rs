@@ -558,7 +558,7 @@ impl Node {
                     return;
                 }
                 if expire_connections {
-                    let exp = c.expires_at.load(Ordering::Relaxed);
+                    let exp = c.expires_at();
                     if exp != 0 && unix >= exp.saturating_add(leeway) {
                         to_close.push((c.clone(), Disconnect::EXPIRED));
                         return;

@@ -68,8 +68,11 @@ fn init_logs(level: &str) {
         .init();
 }
 
+/// jemalloc with its background thread: idle connections cost less than with
+/// glibc's malloc, and pages freed when clients leave go back to the system
+/// (BENCHMARKS.md has the figures; decay times in `.cargo/config.toml`).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

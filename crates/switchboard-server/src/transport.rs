@@ -882,9 +882,7 @@ fn refresh(
             "the token names another user",
         ));
     }
-    client
-        .expires_at
-        .store(claims.exp.unwrap_or(0), Ordering::Relaxed);
+    client.set_expires_at(claims.exp.unwrap_or(0));
     let body = serde_json::json!({ "expires_at": claims.exp });
     Ok(bytes::Bytes::from(body.to_string()))
 }

@@ -69,6 +69,14 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Report> {
     for task in tasks {
         let _ = task.await;
     }
+    // Every client has gone: what the server still holds over its baseline is
+    // what it did not give back (allocator caches, or a leak).
+    sleep_bounded(
+        Duration::from_secs_f64(args.settle.max(0.0) + 1.0),
+        ctx.deadline,
+    )
+    .await;
+    let mem_left = ctx.memory();
 
     let connected = stats.connected() as f64;
     let failed = stats.failed();
@@ -79,6 +87,17 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Report> {
     let cpu_per_handshake_us = cpu_s.and_then(|s| ratio(s * 1e6, connected));
     let mem_per_conn_kib = match (mem_before, mem_after) {
         (Some(b), Some(a)) => ratio(a.rss_kib as f64 - b.rss_kib as f64, connected),
+        _ => None,
+    };
+    let retained_kib = match (mem_before, mem_left) {
+        (Some(b), Some(l)) => Some(l.rss_kib as f64 - b.rss_kib as f64),
+        _ => None,
+    };
+    // Share of the growth under load still held once everyone left.
+    let retained_pct = match (mem_before, mem_after, retained_kib) {
+        (Some(b), Some(a), Some(r)) => {
+            ratio(100.0 * r.max(0.0), a.rss_kib as f64 - b.rss_kib as f64)
+        }
         _ => None,
     };
     let timed_out = !all_settled;
@@ -100,6 +119,9 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Report> {
         "server_memory_before": mem_before,
         "server_memory_after": mem_after,
         "memory_per_connection_kib": mem_per_conn_kib,
+        "server_memory_after_close": mem_left,
+        "memory_retained_kib": retained_kib,
+        "memory_retained_pct": retained_pct,
         "timed_out": timed_out,
         "ok": ok,
     });
@@ -132,6 +154,15 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Report> {
             opt(mem_per_conn_kib, 2),
             mem_before.map_or(0, |m| m.rss_kib),
             mem_after.map_or(0, |m| m.rss_kib)
+        ),
+    );
+    report.row(
+        "after all left",
+        format!(
+            "RSS {} KiB ({} KiB over the baseline, {}% of the growth)",
+            mem_left.map_or(0, |m| m.rss_kib),
+            opt(retained_kib, 0),
+            opt(retained_pct, 0)
         ),
     );
     if let Some(e) = stats.first_error.lock().as_ref() {
