@@ -203,7 +203,10 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
-    runtime.block_on(async move {
+    // The accept loop runs on a worker, not on this thread: a client's task
+    // then starts where its connection was accepted, without waking another
+    // thread (with one core, a context switch per handshake).
+    let serve = runtime.spawn(async move {
         let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
         let state = server::build_state(cfg, dev).map_err(anyhow::Error::msg)?;
@@ -212,7 +215,10 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         server::run(state, listener, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    runtime
+        .block_on(serve)
+        .context("the server's task panicked")?
 }
 
 async fn shutdown_signal() {
