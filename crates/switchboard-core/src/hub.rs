@@ -514,7 +514,8 @@ mod tests {
         // Emptied tables gave their memory back.
         assert!(hub.users.iter().all(|s| s.lock().0.capacity() <= 64));
         // And the index still works.
-        hub.add_client(&clients[0], usize::MAX, 3).expect("added again");
+        hub.add_client(&clients[0], usize::MAX, 3)
+            .expect("added again");
         assert_eq!(hub.user_clients("u0").len(), 1);
     }
 }
