@@ -320,6 +320,15 @@ impl Hub {
                 .map_or(0, HashMap::len)
     }
 
+    /// How many connections `user` has on this node.
+    pub fn user_connection_count(&self, user: &str) -> usize {
+        let (shard, hash) = self.user_slot(user);
+        self.users[shard]
+            .lock()
+            .get(hash, user)
+            .map_or(0, |l| l.as_slice().len())
+    }
+
     /// Every connection of `user` on this node.
     pub fn user_clients(&self, user: &str) -> Vec<Arc<ClientHandle>> {
         let (shard, hash) = self.user_slot(user);
@@ -490,6 +499,8 @@ mod tests {
         }
         assert_eq!(visited, 3000);
         assert_eq!(hub.user_clients("u7").len(), 3);
+        assert_eq!(hub.user_connection_count("u7"), 3);
+        assert_eq!(hub.user_connection_count("nobody"), 0);
 
         // The middle connection of each user first, then the others.
         for c in clients.iter().skip(1000).take(1000) {

@@ -202,7 +202,7 @@ impl Node {
         if self.hub.connection_count() >= self.opts.max_connections {
             return Err(AddError::NodeFull);
         }
-        if self.hub.user_clients(user).len() >= self.opts.max_connections_per_user {
+        if self.hub.user_connection_count(user) >= self.opts.max_connections_per_user {
             return Err(AddError::UserFull);
         }
         Ok(())

@@ -188,14 +188,36 @@ impl KeySet {
         }
     }
 
-    fn verify(&self, token: &Token, header: &Header) -> Result<Claims, AuthError> {
-        let key = self.pick(header.kid.as_deref())?;
-        if !key.validation.algorithms.contains(&header.alg) {
-            return Err(AuthError::Invalid);
-        }
+    fn verify(&self, token: &Token) -> Result<Claims, AuthError> {
+        let key = if self.by_kid {
+            // `alg: none` (and any algorithm jsonwebtoken does not know) fails here.
+            let header =
+                jsonwebtoken::decode_header(token.expose()).map_err(|_| AuthError::Invalid)?;
+            let key = self.pick(header.kid.as_deref())?;
+            if !key.validation.algorithms.contains(&header.alg) {
+                return Err(AuthError::Invalid);
+            }
+            key
+        } else {
+            // One key: `decode` reads the header and checks its algorithm
+            // itself; no need to read it twice per handshake.
+            self.pick(None)?
+        };
         let data = jsonwebtoken::decode::<Decoded>(token.expose(), &key.key, &key.validation)
             .map_err(|e| map_jwt_error(&e))?;
-        let Decoded { claims, iat } = data.claims;
+        let Decoded {
+            sub,
+            exp,
+            channels,
+            info,
+            iat,
+        } = data.claims;
+        let claims = Claims {
+            sub,
+            exp,
+            channels,
+            info,
+        };
         if let Some(iat) = iat {
             let now = jsonwebtoken::get_current_timestamp() as f64;
             if !iat.is_finite() || iat > now + key.validation.leeway as f64 {
@@ -209,11 +231,18 @@ impl KeySet {
     }
 }
 
-/// The claims as decoded, with those only checked here.
+/// The claims as decoded, with those only checked here: [`Claims`]' fields
+/// spelled out rather than flattened in (serde's `flatten` buffers every
+/// claim before reading it).
 #[derive(Deserialize)]
 struct Decoded {
-    #[serde(flatten)]
-    claims: Claims,
+    sub: String,
+    #[serde(default)]
+    exp: Option<u64>,
+    #[serde(default)]
+    channels: Vec<String>,
+    #[serde(default)]
+    info: Option<serde_json::Value>,
     #[serde(default)]
     iat: Option<f64>,
 }
@@ -720,15 +749,13 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &Token) -> Result<Claims, AuthError> {
-        // `alg: none` (and any algorithm jsonwebtoken does not know) fails here.
-        let header = jsonwebtoken::decode_header(token.expose()).map_err(|_| AuthError::Invalid)?;
         match &self.source {
-            Source::Fixed(set) => set.verify(token, &header),
+            Source::Fixed(set) => set.verify(token),
             Source::Url(u) => {
                 let Some(set) = u.remote.keys.read().clone() else {
                     return Err(AuthError::KeysUnavailable);
                 };
-                let result = set.verify(token, &header);
+                let result = set.verify(token);
                 if result == Err(AuthError::UnknownKey) {
                     // Full: a fetch is already asked for.
                     let _ = u.wake.try_send(());
