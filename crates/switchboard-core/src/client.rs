@@ -378,6 +378,11 @@ impl ClientHandle {
     }
 }
 
+/// Unix seconds past 2106 are as good as never for a token's expiry.
+fn clamp_unix(unix_s: u64) -> u32 {
+    u32::try_from(unix_s).unwrap_or(u32::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -428,20 +433,12 @@ mod tests {
         assert_eq!(closing, Some(Disconnect::KICKED));
         assert_eq!(v.len(), 1);
     }
-}
-/// Unix seconds past 2106 are as good as never for a token's expiry.
-fn clamp_unix(unix_s: u64) -> u32 {
-    u32::try_from(unix_s).unwrap_or(u32::MAX)
-}
 
-#[cfg(test)]
-mod size_tests {
     /// Every connection holds one handle in an `Arc`: past 256 bytes the
     /// allocator's next size class is 320, 64 more bytes per connection.
     #[test]
     fn a_client_handle_fits_a_256_byte_allocation() {
-        let arc_inner =
-            std::mem::size_of::<super::ClientHandle>() + 2 * std::mem::size_of::<usize>();
+        let arc_inner = std::mem::size_of::<ClientHandle>() + 2 * std::mem::size_of::<usize>();
         assert!(
             arc_inner <= 256,
             "Arc<ClientHandle> takes {arc_inner} bytes"

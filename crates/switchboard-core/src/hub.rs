@@ -6,14 +6,13 @@
 //! never waits): never across an `.await`.
 
 use std::collections::HashMap;
-
-use hashbrown::HashTable;
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 use parking_lot::Mutex;
 use switchboard_protocol::ChannelName;
 
@@ -119,12 +118,54 @@ impl Users {
         self.0.find(hash, |e| e.user() == user)
     }
 
-    /// Gives memory back once the shard is mostly empty (after a crowd left).
-    fn shrink_if_sparse(&mut self, hasher: &RandomState) {
-        if self.0.capacity() > 64 && self.0.len() * 4 < self.0.capacity() {
-            self.0.shrink_to_fit(|e| hasher.hash_one(e.user()));
+    /// Adds `client` (whose user hashes to `hash`) unless its user already
+    /// has `max_per_user` connections; false when it was full.
+    fn add(
+        &mut self,
+        hash: u64,
+        client: &Arc<ClientHandle>,
+        max_per_user: usize,
+        hasher: &RandomState,
+    ) -> bool {
+        match self.0.find_mut(hash, |e| e.user() == &*client.user) {
+            Some(list) if list.as_slice().len() >= max_per_user => false,
+            Some(list) => {
+                list.push(client.clone());
+                true
+            }
+            None if max_per_user == 0 => false,
+            None => {
+                self.0
+                    .insert_unique(hash, UserClients::One(client.clone()), |e| {
+                        hasher.hash_one(e.user())
+                    });
+                true
+            }
         }
     }
+
+    /// Removes `client`; false when it was not there. Gives memory back once
+    /// the table is mostly empty (after a crowd left).
+    fn remove(&mut self, hash: u64, client: &ClientHandle, hasher: &RandomState) -> bool {
+        let Ok(mut entry) = self.0.find_entry(hash, |e| e.user() == &*client.user) else {
+            return false;
+        };
+        let Some(emptied) = entry.get_mut().remove(client.key) else {
+            return false;
+        };
+        if emptied {
+            entry.remove();
+            if is_sparse(self.0.len(), self.0.capacity()) {
+                self.0.shrink_to_fit(|e| hasher.hash_one(e.user()));
+            }
+        }
+        true
+    }
+}
+
+/// A table worth shrinking: mostly empty, and not small.
+fn is_sparse(len: usize, capacity: usize) -> bool {
+    capacity > 64 && len * 4 < capacity
 }
 
 #[derive(Debug)]
@@ -181,25 +222,10 @@ impl Hub {
             return Err(AddError::NodeFull);
         }
         let (shard, hash) = self.user_slot(&client.user);
-        let mut users = self.users[shard].lock();
-        let full = match users.0.find_mut(hash, |e| e.user() == &*client.user) {
-            Some(list) if list.as_slice().len() >= max_per_user => true,
-            Some(list) => {
-                list.push(client.clone());
-                false
-            }
-            None if max_per_user == 0 => true,
-            None => {
-                users
-                    .0
-                    .insert_unique(hash, UserClients::One(client.clone()), |e| {
-                        self.hasher.hash_one(e.user())
-                    });
-                false
-            }
-        };
-        drop(users);
-        if full {
+        let added = self.users[shard]
+            .lock()
+            .add(hash, client, max_per_user, &self.hasher);
+        if !added {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(AddError::UserFull);
         }
@@ -210,19 +236,9 @@ impl Hub {
     /// call does nothing.
     pub fn remove_client(&self, client: &ClientHandle) {
         let (shard, hash) = self.user_slot(&client.user);
-        let mut users = self.users[shard].lock();
-        let Ok(mut entry) = users.0.find_entry(hash, |e| e.user() == &*client.user) else {
-            return;
-        };
-        let Some(emptied) = entry.get_mut().remove(client.key) else {
-            return;
-        };
-        if emptied {
-            entry.remove();
-            users.shrink_if_sparse(&self.hasher);
+        if self.users[shard].lock().remove(hash, client, &self.hasher) {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
         }
-        drop(users);
-        self.connections.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Adds `client` to `channel`; false when it was already there.
@@ -263,13 +279,13 @@ impl Hub {
             return false;
         };
         let removed = subs.remove(&client.key).is_some();
-        if subs.capacity() > 64 && subs.len() * 4 < subs.capacity() {
+        // Memory goes back once a table is mostly empty.
+        if is_sparse(subs.len(), subs.capacity()) {
             subs.shrink_to_fit();
         }
         if subs.is_empty() {
             shard.remove(channel);
-            // Gives memory back once the shard is mostly empty.
-            if shard.capacity() > 64 && shard.len() * 4 < shard.capacity() {
+            if is_sparse(shard.len(), shard.capacity()) {
                 shard.shrink_to_fit();
             }
         }

@@ -205,19 +205,7 @@ impl KeySet {
         };
         let data = jsonwebtoken::decode::<Decoded>(token.expose(), &key.key, &key.validation)
             .map_err(|e| map_jwt_error(&e))?;
-        let Decoded {
-            sub,
-            exp,
-            channels,
-            info,
-            iat,
-        } = data.claims;
-        let claims = Claims {
-            sub,
-            exp,
-            channels,
-            info,
-        };
+        let Decoded { claims, iat } = data.claims;
         if let Some(iat) = iat {
             let now = jsonwebtoken::get_current_timestamp() as f64;
             if !iat.is_finite() || iat > now + key.validation.leeway as f64 {
@@ -231,18 +219,11 @@ impl KeySet {
     }
 }
 
-/// The claims as decoded, with those only checked here: [`Claims`]' fields
-/// spelled out rather than flattened in (serde's `flatten` buffers every
-/// claim before reading it).
+/// The claims as decoded, with those only checked here.
 #[derive(Deserialize)]
 struct Decoded {
-    sub: String,
-    #[serde(default)]
-    exp: Option<u64>,
-    #[serde(default)]
-    channels: Vec<String>,
-    #[serde(default)]
-    info: Option<serde_json::Value>,
+    #[serde(flatten)]
+    claims: Claims,
     #[serde(default)]
     iat: Option<f64>,
 }

@@ -302,9 +302,15 @@ enum ReadEnd {
 
 impl Connection {
     fn new(stream: TcpStream, already_read: &[u8], head: Bytes, max_message: usize) -> Self {
-        let mut conn = Connection {
+        Connection {
             stream,
-            reading: None,
+            // Bytes that came with the upgrade request wait here to be decoded.
+            reading: (!already_read.is_empty()).then(|| {
+                Box::new(Reading {
+                    decoder: Decoder::new(max_message),
+                    partial: already_read.to_vec(),
+                })
+            }),
             max_message,
             out: WriteQueue {
                 frames: if head.is_empty() {
@@ -314,21 +320,7 @@ impl Connection {
                 },
                 offset: 0,
             },
-        };
-        if !already_read.is_empty() {
-            conn.reading_state().partial = already_read.to_vec();
         }
-        conn
-    }
-
-    fn reading_state(&mut self) -> &mut Reading {
-        let max_message = self.max_message;
-        self.reading.get_or_insert_with(|| {
-            Box::new(Reading {
-                decoder: Decoder::new(max_message),
-                partial: Vec::new(),
-            })
-        })
     }
 
     /// Bytes of an incomplete frame are waiting to be decoded.
@@ -343,33 +335,36 @@ impl Connection {
             .unwrap_or_default()
     }
 
+    /// Decodes `bytes`. Whole frames decode with a decoder on the stack; the
+    /// state is boxed only when a frame or a fragmented message is left
+    /// incomplete, and dropped once nothing is.
     fn decode(&mut self, bytes: &[u8], messages: &mut Vec<Message>) -> Result<(), ProtocolError> {
-        let reading = self.reading_state();
-        let used = reading.decoder.decode(bytes, messages)?;
-        let rest = &bytes[used..];
-        reading.partial = if rest.is_empty() {
-            Vec::new()
-        } else {
-            rest.to_vec()
+        let (used, idle) = match self.reading.as_mut() {
+            Some(r) => (r.decoder.decode(bytes, messages)?, r.decoder.is_idle()),
+            None => {
+                let mut decoder = Decoder::new(self.max_message);
+                let used = decoder.decode(bytes, messages)?;
+                let idle = decoder.is_idle();
+                if !idle || used < bytes.len() {
+                    self.reading = Some(Box::new(Reading {
+                        decoder,
+                        partial: Vec::new(),
+                    }));
+                }
+                (used, idle)
+            }
         };
+        let rest = &bytes[used..];
+        if rest.is_empty() && idle {
+            self.reading = None;
+        } else if let Some(r) = self.reading.as_mut() {
+            r.partial = rest.to_vec();
+        }
         Ok(())
     }
 
-    /// Reads what the socket has now (up to a budget) and decodes it; keeps
-    /// decoding state only while something is incomplete.
+    /// Reads what the socket has now (up to a budget) and decodes it.
     fn read_now(&mut self) -> ReadOutcome {
-        let out = self.read_and_decode();
-        if self
-            .reading
-            .as_ref()
-            .is_some_and(|r| r.partial.is_empty() && r.decoder.is_idle())
-        {
-            self.reading = None;
-        }
-        out
-    }
-
-    fn read_and_decode(&mut self) -> ReadOutcome {
         let mut messages = Vec::new();
         if self.has_partial() {
             // Bytes that came with the upgrade request, or an incomplete frame
@@ -934,6 +929,65 @@ mod tests {
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes differ");
+    }
+
+    /// A client frame, masked as RFC 6455 requires (payloads under 126 bytes).
+    fn client_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [7u8, 1, 9, 3];
+        let mut f = vec![u8::from(fin) << 7 | op, 0x80 | payload.len() as u8];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// Decoding state lives only while a frame or a fragmented message is
+    /// incomplete, and survives between reads while it is.
+    #[tokio::test]
+    async fn decoding_state_is_kept_only_while_a_message_is_incomplete() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let mut conn = Connection::new(server, &[], Bytes::new(), 1 << 20);
+        assert!(conn.reading.is_none());
+
+        let continuation = client_frame(true, opcode::CONTINUATION, b"lo");
+        let steps: [(Vec<u8>, Vec<Message>, bool); 4] = [
+            // A whole first fragment: the message is incomplete.
+            (client_frame(false, opcode::TEXT, b"hel"), vec![], true),
+            // Half a frame header.
+            (continuation[..3].to_vec(), vec![], true),
+            (
+                continuation[3..].to_vec(),
+                vec![Message::Text("hello".into())],
+                false,
+            ),
+            // A whole unfragmented frame needs no state at all.
+            (
+                client_frame(true, opcode::TEXT, b"x"),
+                vec![Message::Text("x".into())],
+                false,
+            ),
+        ];
+        for (i, (bytes, expected, kept)) in steps.into_iter().enumerate() {
+            client.write_all(&bytes).await.expect("write");
+            // Each read drains the socket, so the next readiness is the next step's bytes.
+            let mut got = Vec::new();
+            loop {
+                conn.stream.readable().await.expect("readable");
+                let out = conn.read_now();
+                assert!(out.end.is_none(), "step {i}: the read ended the connection");
+                got.extend(out.messages);
+                if got.len() >= expected.len() {
+                    break;
+                }
+            }
+            assert_eq!(got, expected, "step {i}");
+            assert_eq!(conn.reading.is_some(), kept, "step {i}");
+        }
     }
 
     #[test]
