@@ -172,6 +172,9 @@ macro_rules! tryx {
     };
 }
 
+// After `tryx!`, which it uses.
+mod sweep;
+
 impl FileHistory {
     /// Opens the history file at `path`, creating it (and its directory) when
     /// it does not exist. An existing file that is not a readable Switchboard
@@ -670,147 +673,6 @@ impl Inner {
             }
         }
         Ok(select(stored.into_iter(), chan.offset, &chan.epoch, query))
-    }
-
-    fn sweep(&self, pass: &Sweep<'_>) -> Swept {
-        let mut swept = Swept::default();
-        if let Err(e) = self.sweep_disk(pass, &mut swept) {
-            tracing::warn!(error = %e, "history sweep failed; the next pass tries again");
-        }
-        self.sweep_slots(pass, &mut swept);
-        swept.history_channels = self.counts.total();
-        swept
-    }
-
-    /// Applies retention on disk to the next `budget` channels (after those
-    /// of the previous pass): deletes expired rows, and the channel's row
-    /// when nothing is left and nobody uses it. One transaction per pass,
-    /// committed only when it deleted something.
-    fn sweep_disk(&self, pass: &Sweep<'_>, swept: &mut Swept) -> Result<(), HistoryError> {
-        let mut after = self.sweep_after.lock();
-        let batch: Vec<(ChannelName, u64)> = {
-            let tx = tryx!(self.db.begin_read(), "sweeping");
-            let channels = tryx!(tx.open_table(CHANNELS), "sweeping");
-            let rows = match after.as_deref() {
-                Some(a) => tryx!(
-                    channels
-                        .range::<&str>((std::ops::Bound::Excluded(a), std::ops::Bound::Unbounded)),
-                    "sweeping"
-                ),
-                None => tryx!(channels.iter(), "sweeping"),
-            };
-            let mut batch = Vec::new();
-            for row in rows.take(pass.budget.max(1)) {
-                let (k, v) = tryx!(row, "sweeping");
-                if let Ok(name) = ChannelName::parse(k.value()) {
-                    batch.push((name, v.value().1));
-                }
-            }
-            batch
-        };
-        *after = if batch.len() < pass.budget.max(1) {
-            None
-        } else {
-            batch.last().map(|(n, _)| n.as_str().to_string())
-        };
-        drop(after);
-        if batch.is_empty() {
-            return Ok(());
-        }
-        swept.examined += batch.len();
-        // Slots are locked before the writer, as appends do; a slot in use is
-        // left for a later pass (`try_lock`: the sweep never waits on one).
-        let slots: Vec<(ChannelName, u64, Slot)> = batch
-            .into_iter()
-            .map(|(name, last)| {
-                let slot = self.slot(&name);
-                (name, last, slot)
-            })
-            .collect();
-        let mut held: Vec<_> = slots
-            .iter()
-            .filter_map(|(name, last, slot)| slot.try_lock().map(|g| (name, *last, g)))
-            .collect();
-        let now_ms = self.now_ms();
-        let now = tokio::time::Instant::now();
-        let mut w = self.writer.lock();
-        let (tx, unsynced) = self.begin_append(&mut w)?;
-        let mut changed = false;
-        let mut forgotten = Vec::new();
-        {
-            let mut pubs = tryx!(tx.open_table(PUBLICATIONS), "sweeping");
-            let mut channels = tryx!(tx.open_table(CHANNELS), "sweeping");
-            for (i, (name, last, chan)) in held.iter_mut().enumerate() {
-                let name: &ChannelName = name;
-                let retention = (pass.retention)(name);
-                let key = name.as_str();
-                // A loaded channel may be ahead of the batch's read.
-                let last = chan.as_ref().map_or(*last, |c| c.offset.max(*last));
-                let lowest = match tryx!(pubs.range((key, 0)..=(key, last)), "sweeping").next() {
-                    Some(entry) => tryx!(entry, "sweeping").0.value().1,
-                    None => last + 1,
-                };
-                let keep_from = trim(&mut pubs, key, lowest, last, retention, now_ms)?;
-                changed |= lowest < keep_from;
-                if let Some(c) = chan.as_mut() {
-                    c.first = keep_from;
-                }
-                let unused = chan.as_ref().is_none_or(|c| {
-                    now.duration_since(c.last_used) >= retention.ttl.min(pass.idle)
-                });
-                if keep_from > last && unused {
-                    tryx!(channels.remove(key), "sweeping");
-                    changed = true;
-                    forgotten.push(i);
-                }
-            }
-        }
-        if changed {
-            tryx!(tx.commit(), "sweeping");
-            self.committed(&mut w, unsynced);
-        } else {
-            tryx!(tx.abort(), "sweeping");
-        }
-        drop(w);
-        if changed {
-            for i in forgotten {
-                let (name, _, chan) = &mut held[i];
-                // Reloaded (with a new epoch) on its next use.
-                **chan = None;
-                self.counts.remove(name.namespace());
-                swept.dropped += 1;
-            }
-        }
-        Ok(())
-    }
-
-    /// Forgets in-memory slots nobody holds that were idle for `idle` (or
-    /// hold nothing), whole shards at a time within the budget: they reload
-    /// from disk.
-    fn sweep_slots(&self, pass: &Sweep<'_>, swept: &mut Swept) {
-        let now = tokio::time::Instant::now();
-        let mut next = self.sweep_next.lock();
-        let mut seen = 0;
-        for _ in 0..SHARDS {
-            let i = *next % SHARDS;
-            *next = (i + 1) % SHARDS;
-            let mut shard = self.shards[i].lock();
-            seen += shard.len();
-            // A slot nobody else holds (count 1, checked under the shard lock,
-            // where clones are made) can be dropped.
-            shard.retain(|_, slot| {
-                Arc::strong_count(slot) > 1
-                    || slot.try_lock().is_some_and(|c| {
-                        c.as_ref()
-                            .is_some_and(|c| now.duration_since(c.last_used) < pass.idle)
-                    })
-            });
-            drop(shard);
-            if seen >= pass.budget {
-                break;
-            }
-        }
-        swept.examined += seen;
     }
 }
 

@@ -12,10 +12,7 @@ use switchboard_protocol::{ChannelName, Op, Publication, StreamPosition};
 use tokio::time::Instant;
 
 use crate::broker::{Broker, BrokerError, BrokerEvents, Joined};
-use crate::client::{
-    ClientClaims, ClientHandle, ClientInit, PERSONAL_ANNOUNCED, PERSONAL_ANNOUNCING, PERSONAL_LEFT,
-    PERSONAL_PENDING,
-};
+use crate::client::{ClientClaims, ClientHandle, ClientInit};
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryError, HistoryQuery, HistoryRead, Sweep};
 use crate::hub::{AddError, Hub};
@@ -90,6 +87,8 @@ impl From<BrokerError> for CommandError {
         }
     }
 }
+
+mod personal;
 
 pub struct Node {
     pub opts: NodeOptions,
@@ -261,94 +260,6 @@ impl Node {
         Ok(client)
     }
 
-    /// Presence and the join push of the personal channel, as a subscribe
-    /// would do them (PROTOCOL §1: every connection starts in it), when the
-    /// `user` namespace has them on. `connect` cannot wait, so this runs as a
-    /// task; `personal_announce` orders it with leaving (see `leave_personal`).
-    fn announce_personal(&self, client: &Arc<ClientHandle>, personal: ChannelName) {
-        let policy = self.opts.namespaces.policy(&personal);
-        if !(policy.presence || policy.join_leave) {
-            return;
-        }
-        let Some(node) = self.me.upgrade() else {
-            return;
-        };
-        let client = client.clone();
-        spawn(async move {
-            if client
-                .personal_announce
-                .compare_exchange(
-                    PERSONAL_PENDING,
-                    PERSONAL_ANNOUNCING,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-            {
-                return; // left before it was announced: nothing to say
-            }
-            node.announce(&client, &personal).await;
-            if client
-                .personal_announce
-                .compare_exchange(
-                    PERSONAL_ANNOUNCING,
-                    PERSONAL_ANNOUNCED,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_err()
-            {
-                // Left while we announced: the leave is ours to say.
-                node.denounce(&client, &personal).await;
-            }
-        });
-    }
-
-    /// Adds presence and pushes the join of `client` in `channel`, as the
-    /// namespace says.
-    async fn announce(&self, client: &ClientHandle, channel: &ChannelName) {
-        let policy = self.opts.namespaces.policy(channel);
-        let claims = client.claims();
-        if policy.presence {
-            let entry = PresenceEntry {
-                user: client.user.to_string(),
-                client: client.id.to_string(),
-                info: claims
-                    .info
-                    .as_deref()
-                    .and_then(|i| serde_json::from_str(i).ok())
-                    .unwrap_or(serde_json::Value::Null),
-                node: self.opts.name.clone(),
-            };
-            if let Err(e) = self.presence.add(channel, entry).await {
-                tracing::warn!(error = %e, "presence add failed");
-            }
-        }
-        if policy.join_leave {
-            let push = frame::join(channel, &client.user, &client.id, claims.info.as_deref());
-            if let Err(e) = self.broker.push(channel, push).await {
-                tracing::warn!(error = %e, "join push failed");
-            }
-        }
-    }
-
-    /// Removes presence and pushes the leave of `client` from `channel`, as
-    /// the namespace says.
-    async fn denounce(&self, client: &ClientHandle, channel: &ChannelName) {
-        let policy = self.opts.namespaces.policy(channel);
-        if policy.presence
-            && let Err(e) = self.presence.remove(channel, &client.id).await
-        {
-            tracing::warn!(error = %e, "presence remove failed");
-        }
-        if policy.join_leave {
-            let push = frame::leave(channel, &client.user, &client.id);
-            if let Err(e) = self.broker.push(channel, push).await {
-                tracing::warn!(error = %e, "leave push failed");
-            }
-        }
-    }
-
     /// Applies a refreshed token (PROTOCOL §2: its `exp` and its claims,
     /// `channels` and `info`, from now on). A token for another user changes
     /// nothing. Channels the new claims no longer allow are left, as an
@@ -443,18 +354,6 @@ impl Node {
             return;
         }
         self.denounce(client, channel).await;
-    }
-
-    /// Whether leaving the personal channel must undo presence and join now:
-    /// not when they were never announced, nor while the announcement runs
-    /// (it undoes itself when it sees `PERSONAL_LEFT`).
-    fn leave_personal(&self, client: &ClientHandle) -> bool {
-        matches!(
-            client
-                .personal_announce
-                .swap(PERSONAL_LEFT, Ordering::AcqRel),
-            PERSONAL_ANNOUNCED | PERSONAL_LEFT
-        )
     }
 
     /// Handles one decoded command (all but `refresh`, which needs the
@@ -775,7 +674,11 @@ impl Node {
             ticker.tick().await;
             self.heartbeat(expire_connections).await;
             if Instant::now() >= sweep_at {
-                self.sweep_history();
+                // On the blocking pool: the file store reads (and may fsync)
+                // there, never on a worker that serves clients. Awaited, so
+                // passes never overlap.
+                let node = self.clone();
+                let _ = tokio::task::spawn_blocking(move || node.sweep_history()).await;
                 sweep_at = Instant::now() + sweep_every;
             }
         }
@@ -851,4 +754,86 @@ pub fn history_result(read: &HistoryRead) -> Bytes {
 
 fn json_str(s: &str) -> Vec<u8> {
     serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::MemoryBroker;
+    use crate::history::MemoryHistory;
+    use crate::presence::MemoryPresence;
+
+    fn node() -> Arc<Node> {
+        Node::new(
+            NodeOptions::default(),
+            Arc::new(MemoryBroker::new(Arc::new(MemoryHistory::new()))),
+            Arc::new(MemoryPresence::default()),
+        )
+    }
+
+    fn init(user: &str) -> ClientInit {
+        ClientInit {
+            user: user.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The race of a handshake with SIGTERM, made deterministic: the
+    /// handshake passed its check, the drain began, then the client connects.
+    #[tokio::test]
+    async fn a_client_connecting_after_the_drain_began_is_closed_1001() {
+        let node = node();
+        let before = node.connect(init("a")).expect("connect");
+        node.drain(Disconnect::SHUTDOWN).await;
+        assert_eq!(before.outbox.closing(), Some(Disconnect::SHUTDOWN));
+        let late = node.connect(init("b")).expect("connect");
+        assert_eq!(late.outbox.closing(), Some(Disconnect::SHUTDOWN));
+        // It leaves the hub as every drained client does.
+        for _ in 0..100 {
+            if node.hub.connection_count() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(node.hub.connection_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_for_another_user_changes_nothing() {
+        let node = node();
+        let c = node
+            .connect(ClientInit {
+                user: "a".into(),
+                channels: vec!["vip:*".into()],
+                expires_at: 100,
+                ..Default::default()
+            })
+            .expect("connect");
+        let err = node
+            .refresh(
+                &c,
+                ClientInit {
+                    user: "b".into(),
+                    expires_at: 200,
+                    ..Default::default()
+                },
+            )
+            .expect_err("another user");
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        assert_eq!(c.expires_at(), 100);
+        assert_eq!(&*c.claims().channels, ["vip:*".to_string()]);
+        node.refresh(
+            &c,
+            ClientInit {
+                user: "a".into(),
+                info: Some("{\"v\":2}".into()),
+                expires_at: 200,
+                ..Default::default()
+            },
+        )
+        .expect("same user");
+        assert_eq!(c.expires_at(), 200);
+        assert!(c.claims().channels.is_empty());
+        assert_eq!(c.claims().info.as_deref(), Some("{\"v\":2}"));
+    }
 }
