@@ -117,9 +117,13 @@ async fn untouched_history_expires(server: &ServerProcess) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_nobody_touches_expires_from_the_memory_store() {
     let server = ServerProcess::start(&brief_history(r#"store = "memory""#), &[]);
-    let rss_before = server.rss_kib();
+    let (rss_before, cpu_before) = (server.rss_kib(), server.cpu());
     untouched_history_expires(&server).await;
     let grown = server.rss_kib().saturating_sub(rss_before);
+    eprintln!(
+        "memory store: RSS {rss_before} KiB before, +{grown} KiB after; CPU {:?}",
+        server.cpu() - cpu_before
+    );
     // 10,000 streams cost a few MiB while they live; what stays is the
     // allocator's, not the streams'.
     assert!(grown < 16 * 1024, "RSS grew by {grown} KiB");
