@@ -1,0 +1,275 @@
+//! Redis for tests: a `redis-server`, or a 3-master Redis Cluster made with
+//! `redis-cli --cluster create`, on free ports of 127.0.0.1 in a temp dir
+//! (never the machine's own Redis), killed when dropped.
+//!
+//! Needs `redis-server` and `redis-cli` on the PATH (`scripts/test` installs
+//! them). Blocking calls: use them from test set-up, not from hot paths.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::{RedisOptions, RedisUrl};
+
+/// A port of 127.0.0.1 that is free now, and whose cluster bus port
+/// (+10000) is free too.
+fn free_port() -> u16 {
+    loop {
+        let port = fastrand::u16(20_000..30_000);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// Sends one inline command and returns the first reply line.
+fn ask(port: u16, password: Option<&str>, command: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut line = String::new();
+    if let Some(p) = password {
+        line.push_str(&format!("AUTH {p}\r\n"));
+    }
+    line.push_str(command);
+    line.push_str("\r\n");
+    s.write_all(line.as_bytes()).ok()?;
+    let mut buf = vec![0u8; 4096];
+    let mut got = Vec::new();
+    let want_lines = if password.is_some() { 2 } else { 1 };
+    while got.iter().filter(|&&b| b == b'\n').count() < want_lines {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_string();
+    text.lines().last().map(str::to_string)
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `redis-server` process.
+pub struct RedisServer {
+    dir: tempfile::TempDir,
+    port: u16,
+    password: Option<String>,
+    extra: Vec<String>,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// A server with AOF `appendfsync always`, so what it acknowledged
+    /// survives a SIGKILL.
+    pub fn start() -> Self {
+        Self::start_with(None, &[])
+    }
+
+    /// With `requirepass`.
+    pub fn start_with_password(password: &str) -> Self {
+        Self::start_with(Some(password), &[])
+    }
+
+    pub fn start_with(password: Option<&str>, extra: &[&str]) -> Self {
+        let mut server = RedisServer {
+            dir: tempfile::tempdir().expect("temp dir"),
+            port: free_port(),
+            password: password.map(str::to_string),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
+            .args(["--appendfsync", "always", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(p) = &self.password {
+            cmd.arg("--requirepass").arg(p);
+        }
+        self.child = Some(cmd.spawn().expect("redis-server on the PATH"));
+        let (port, password) = (self.port, self.password.clone());
+        wait_until("redis-server", || {
+            ask(port, password.as_deref(), "PING").is_some_and(|r| r == "+PONG")
+        });
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        match &self.password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Options for a node named `node` on this server, with test-sized timings.
+    pub fn options(&self, node: &str) -> RedisOptions {
+        quick(RedisOptions::new(RedisUrl::Single(self.url()), node))
+    }
+
+    /// SIGKILL: no shutdown, no final save (AOF keeps what was acknowledged).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs `redis-cli` against it; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        cli(self.port, self.password.as_deref(), args)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn cli(port: u16, password: Option<&str>, args: &[&str]) -> String {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(p) = password {
+        cmd.args(["--no-auth-warning", "-a", p]);
+    }
+    let out = cmd.args(args).output().expect("redis-cli on the PATH");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Test-sized timings: quick probes and presence expiry.
+fn quick(mut o: RedisOptions) -> RedisOptions {
+    o.stall_timeout = Duration::from_secs(2);
+    o.probe_interval = Duration::from_millis(200);
+    o.response_timeout = Duration::from_secs(2);
+    o.connect_timeout = Duration::from_secs(1);
+    o.presence_ttl = Duration::from_secs(2);
+    o
+}
+
+/// A Redis Cluster of three masters (no replicas), one slot range each.
+pub struct RedisCluster {
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    children: Vec<Child>,
+    /// How long creating it took.
+    pub created_in: Duration,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let started = Instant::now();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut children = Vec::new();
+        for &port in &ports {
+            let d: PathBuf = dir.path().join(port.to_string());
+            std::fs::create_dir_all(&d).expect("node dir");
+            let child = Command::new("redis-server")
+                .arg("--port")
+                .arg(port.to_string())
+                .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-config-file", "nodes.conf", "--daemonize", "no"])
+                .arg("--dir")
+                .arg(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server on the PATH");
+            children.push(child);
+        }
+        for &port in &ports {
+            wait_until("cluster node", || {
+                ask(port, None, "PING").is_some_and(|r| r == "+PONG")
+            });
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli on the PATH");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for &port in &ports {
+            wait_until("cluster_state:ok", || {
+                cli(port, None, &["cluster", "info"]).contains("cluster_state:ok")
+            });
+        }
+        RedisCluster {
+            dir,
+            ports,
+            children,
+            created_in: started.elapsed(),
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
+    }
+
+    pub fn options(&self, node: &str) -> RedisOptions {
+        quick(RedisOptions::new(RedisUrl::Cluster(self.urls()), node))
+    }
+
+    /// Runs `redis-cli` against the node at `port`.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli(port, None, args)
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
