@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(&p.data[..], br#"{"a":1}"#);
         let Ok(Envelope::Publication(p)) = decode(
             ch(),
-            Bytes::from_static("p8 e1 6 bob x\u{e9} [1]".as_bytes()),
+            Bytes::from_static("p8 e1 7 bob x\u{e9} [1]".as_bytes()),
         ) else {
             panic!("a publication");
         };
