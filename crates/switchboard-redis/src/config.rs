@@ -43,6 +43,9 @@ pub struct RedisOptions {
     /// Presence, online users, per-user counts and node announcements expire
     /// this long after their node last refreshed them. Default 60 s.
     pub presence_ttl: Duration,
+    /// For `rediss://`: the CA certificate (PEM) that signs Redis's, trusted
+    /// instead of the system's roots. Default: none (the system's roots).
+    pub tls_root_cert: Option<Vec<u8>>,
 }
 
 impl RedisOptions {
@@ -57,6 +60,7 @@ impl RedisOptions {
             response_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
             presence_ttl: Duration::from_secs(60),
+            tls_root_cert: None,
         }
     }
 }

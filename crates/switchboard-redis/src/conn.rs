@@ -8,7 +8,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
     Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisError, RedisFuture, RedisResult,
-    ToRedisArgs, Value,
+    TlsCertificates, ToRedisArgs, Value,
 };
 
 use crate::config::{RedisOptions, RedisUrl};
@@ -156,7 +156,11 @@ pub(crate) async fn connect(
                 .redis_settings()
                 .clone()
                 .set_protocol(ProtocolVersion::RESP3);
-            let client = redis::Client::open(info.set_redis_settings(settings))?;
+            let info = info.set_redis_settings(settings);
+            let client = match &options.tls_root_cert {
+                Some(pem) => redis::Client::build_with_tls(info, certificates(pem))?,
+                None => redis::Client::open(info)?,
+            };
             // One quick reconnection attempt per command: a caller waiting on
             // a dead Redis gets `Unavailable` fast instead of queueing.
             let mut config = ConnectionManagerConfig::new()
@@ -187,12 +191,22 @@ pub(crate) async fn connect(
             if let Some(push) = push {
                 builder = builder.push_sender(push);
             }
+            if let Some(pem) = &options.tls_root_cert {
+                builder = builder.certs(certificates(pem));
+            }
             let client = builder.build()?;
             let conn = tokio::time::timeout(options.connect_timeout, client.get_async_connection())
                 .await
                 .map_err(|_| timed_out("connect"))??;
             Ok(Conn::Cluster(conn))
         }
+    }
+}
+
+fn certificates(root_pem: &[u8]) -> TlsCertificates {
+    TlsCertificates {
+        client_tls: None,
+        root_cert: Some(root_pem.to_vec()),
     }
 }
 

@@ -64,7 +64,78 @@ pub struct RedisServer {
     port: u16,
     password: Option<String>,
     extra: Vec<String>,
+    /// Serving TLS only (`rediss://`), with a CA made for the test.
+    tls: bool,
     child: Option<Child>,
+}
+
+/// Makes a CA and a certificate for 127.0.0.1 it signs, with `openssl`.
+fn make_certificates(dir: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl on the PATH");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=switchboard-test-ca",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").expect("write san.ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
 }
 
 impl RedisServer {
@@ -85,10 +156,33 @@ impl RedisServer {
             port: free_port(),
             password: password.map(str::to_string),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: false,
             child: None,
         };
         server.spawn();
         server
+    }
+
+    /// Serving `rediss://` only, with a password, its certificate signed by
+    /// a CA made for the test ([`RedisServer::tls_root_cert`]).
+    pub fn start_tls(password: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        make_certificates(dir.path());
+        let mut server = RedisServer {
+            dir,
+            port: free_port(),
+            password: Some(password.to_string()),
+            extra: Vec::new(),
+            tls: true,
+            child: None,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The test CA's certificate (PEM), for a TLS server.
+    pub fn tls_root_cert(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("ca.crt")).expect("ca.crt")
     }
 
     fn spawn(&mut self) {
@@ -105,27 +199,80 @@ impl RedisServer {
         if let Some(p) = &self.password {
             cmd.arg("--requirepass").arg(p);
         }
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .args([
+                    "--tls-cert-file",
+                    "server.crt",
+                    "--tls-key-file",
+                    "server.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
+                .current_dir(self.dir.path());
+        }
         self.child = Some(cmd.spawn().expect("redis-server on the PATH"));
-        let (port, password) = (self.port, self.password.clone());
-        wait_until("redis-server", || {
-            ask(port, password.as_deref(), "PING").is_some_and(|r| r == "+PONG")
-        });
+        if self.tls {
+            wait_until("redis-server (TLS)", || {
+                self.cli(&["ping"]).trim() == "PONG"
+            });
+        } else {
+            let (port, password) = (self.port, self.password.clone());
+            wait_until("redis-server", || {
+                ask(port, password.as_deref(), "PING").is_some_and(|r| r == "+PONG")
+            });
+        }
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// The server's read system calls so far (`syscr` of `/proc/<pid>/io`):
+    /// commands sent together (pipelined) arrive in one read.
+    pub fn read_calls(&self) -> u64 {
+        self.proc_field("io", |text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("syscr: "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+    }
+
+    /// CPU time the server used so far (user + system, from `/proc/<pid>/stat`).
+    pub fn cpu_time(&self) -> Duration {
+        let ticks = self.proc_field("stat", |text| {
+            // Fields after the command name, which ends with the last ')'.
+            let rest = text.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        });
+        // USER_HZ is 100 on Linux.
+        Duration::from_millis(ticks * 10)
+    }
+
+    fn proc_field(&self, file: &str, read: impl FnOnce(&str) -> Option<u64>) -> u64 {
+        let pid = self.child.as_ref().map(Child::id).expect("server running");
+        let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).expect("/proc readable");
+        read(&text).expect("field present")
+    }
+
     pub fn url(&self) -> String {
+        let scheme = if self.tls { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
     /// Options for a node named `node` on this server, with test-sized timings.
     pub fn options(&self, node: &str) -> RedisOptions {
-        quick(RedisOptions::new(RedisUrl::Single(self.url()), node))
+        let mut o = quick(RedisOptions::new(RedisUrl::Single(self.url()), node));
+        if self.tls {
+            o.tls_root_cert = Some(self.tls_root_cert());
+        }
+        o
     }
 
     /// SIGKILL: no shutdown, no final save (AOF keeps what was acknowledged).
@@ -144,6 +291,12 @@ impl RedisServer {
 
     /// Runs `redis-cli` against it; its output.
     pub fn cli(&self, args: &[&str]) -> String {
+        if self.tls {
+            let ca = self.dir.path().join("ca.crt");
+            let ca = ca.to_string_lossy();
+            let with_tls = [&["--tls", "--cacert", &*ca][..], args].concat();
+            return cli(self.port, self.password.as_deref(), &with_tls);
+        }
         cli(self.port, self.password.as_deref(), args)
     }
 

@@ -118,6 +118,49 @@ async fn concurrent_publishers_on_one_channel_get_contiguous_offsets_delivered_i
     );
 }
 
+/// Many callers publishing at once share round trips: the multiplexed
+/// connection writes their scripts together, and Redis reads many per read
+/// call (counted from /proc). One at a time, each would need its own read.
+#[tokio::test]
+async fn concurrent_publishes_are_pipelined_on_one_connection() {
+    let server = RedisServer::start();
+    let (b, _) = node(&server, "n1").await;
+    let b = Arc::new(b);
+    let channels: Vec<_> = (0..64).map(|_| channel("pipe")).collect();
+    let start = std::time::Instant::now();
+    let reads_before = server.read_calls();
+    let cpu_before = server.cpu_time();
+    let tasks: Vec<_> = channels
+        .iter()
+        .map(|ch| {
+            let (b, ch) = (b.clone(), ch.clone());
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    b.publish(&ch, Bytes::from_static(b"{\"x\":1}"), None, KEEP)
+                        .await
+                        .expect("publish");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let reads = server.read_calls() - reads_before;
+    let cpu = server.cpu_time() - cpu_before;
+    let n = 64 * 50;
+    eprintln!(
+        "{n} publications from 64 callers: {:?}, {reads} server reads, redis CPU {:?} ({:.1} us/publication)",
+        start.elapsed(),
+        cpu,
+        cpu.as_secs_f64() * 1e6 / n as f64
+    );
+    assert!(
+        reads < n / 4,
+        "{reads} reads for {n} publications: not pipelined"
+    );
+}
+
 #[tokio::test]
 async fn two_nodes_each_receive_every_publication_once() {
     let server = RedisServer::start();
@@ -342,6 +385,22 @@ async fn a_password_protected_redis_works_and_a_wrong_password_is_unavailable() 
     let err = RedisBroker::connect(wrong)
         .await
         .expect_err("wrong password");
+    assert!(matches!(err, BrokerError::Unavailable(_)));
+}
+
+#[tokio::test]
+async fn rediss_with_a_password_works_and_an_untrusted_certificate_is_refused() {
+    let server = RedisServer::start_tls("s3cret");
+    let (a, ra) = node(&server, "a").await;
+    let ch = channel("tls");
+    a.subscribe(&ch).await.expect("subscribe over TLS");
+    assert_eq!(publish(&a, &ch, 2, KEEP).await[1].offset, 2);
+    assert!(ra.wait(SOON, |r| r.offsets(&ch) == [1, 2]).await);
+    let mut untrusted = server.options("b");
+    untrusted.tls_root_cert = None;
+    let err = RedisBroker::connect(untrusted)
+        .await
+        .expect_err("not the system's CA");
     assert!(matches!(err, BrokerError::Unavailable(_)));
 }
 

@@ -42,7 +42,10 @@ async fn the_broker_works_the_same_on_a_three_master_cluster() {
         .iter()
         .map(|c| {
             cluster
-                .cli(cluster.ports()[0], &["cluster", "keyslot", &format!("sb:{{{c}}}:pub")])
+                .cli(
+                    cluster.ports()[0],
+                    &["cluster", "keyslot", &format!("sb:{{{c}}}:pub")],
+                )
                 .trim()
                 .parse::<u16>()
                 .map(|slot| (slot / 5462).to_string())
@@ -96,7 +99,10 @@ async fn the_broker_works_the_same_on_a_three_master_cluster() {
             .await
             .expect("publish");
     }
-    assert!(rb.wait(SOON, |r| fresh.iter().all(|c| r.offsets(c) == [1])).await);
+    assert!(
+        rb.wait(SOON, |r| fresh.iter().all(|c| r.offsets(c) == [1]))
+            .await
+    );
 
     // Pushes on the channel's shard, control messages cluster-wide.
     a.push(&hot, Bytes::from_static(b"{}")).await.expect("push");
@@ -108,17 +114,26 @@ async fn the_broker_works_the_same_on_a_three_master_cluster() {
     };
     b.control(kick.clone()).await.expect("control");
     for r in [&ra, &rb] {
-        assert!(r.wait(SOON, |r| r.controls.lock().as_slice() == [kick.clone()]).await);
+        assert!(
+            r.wait(SOON, |r| r.controls.lock().as_slice() == [kick.clone()])
+                .await
+        );
     }
 
     // Killing every shard's pub/sub connections: resubscribed, resynced.
     for &port in cluster.ports() {
         cluster.cli(port, &["client", "kill", "type", "pubsub"]);
     }
-    assert!(rb.wait(SOON, |r| r.resyncs() >= 1).await, "on_resync called");
+    assert!(
+        rb.wait(SOON, |r| r.resyncs() >= 1).await,
+        "on_resync called"
+    );
     let deadline = tokio::time::Instant::now() + SOON;
     while !b.health().ok {
-        assert!(tokio::time::Instant::now() < deadline, "health never came back");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "health never came back"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for c in &channels {
@@ -127,13 +142,17 @@ async fn the_broker_works_the_same_on_a_three_master_cluster() {
             .expect("publish");
     }
     assert!(
-        rb.wait(SOON, |r| channels.iter().all(|c| r.offsets(c) == [1, 2, 3, 4]))
+        rb.wait(SOON, |r| channels
+            .iter()
+            .all(|c| r.offsets(c) == [1, 2, 3, 4]))
             .await,
         "every channel resubscribed on its shard"
     );
 
     // Presence across shards.
-    let p = RedisPresence::connect(&cluster.options("a")).await.expect("presence");
+    let p = RedisPresence::connect(&cluster.options("a"))
+        .await
+        .expect("presence");
     let room = channel("room");
     let e = PresenceEntry {
         user: "u".into(),
@@ -145,6 +164,8 @@ async fn the_broker_works_the_same_on_a_three_master_cluster() {
     assert_eq!(p.get(&room).await.expect("get"), vec![e]);
     assert_eq!(p.add_connection("u", "c-1").await.expect("conn"), 1);
     assert_eq!(p.online().await.expect("online"), vec!["u"]);
-    p.remove_many("c-1", std::slice::from_ref(&room)).await.expect("remove");
+    p.remove_many("c-1", std::slice::from_ref(&room))
+        .await
+        .expect("remove");
     assert!(p.get(&room).await.expect("get").is_empty());
 }

@@ -26,23 +26,36 @@ const PAST_TTL: Duration = Duration::from_millis(2600);
 #[tokio::test]
 async fn entries_of_every_node_come_and_go() {
     let server = RedisServer::start();
-    let a = RedisPresence::connect(&server.options("a")).await.expect("a");
-    let b = RedisPresence::connect(&server.options("b")).await.expect("b");
+    let a = RedisPresence::connect(&server.options("a"))
+        .await
+        .expect("a");
+    let b = RedisPresence::connect(&server.options("b"))
+        .await
+        .expect("b");
     let ch = channel("room");
     a.add(&ch, entry("alice", "c-2", "a")).await.expect("add");
     b.add(&ch, entry("bob", "c-1", "b")).await.expect("add");
     let seen = a.get(&ch).await.expect("get");
-    assert_eq!(seen, vec![entry("bob", "c-1", "b"), entry("alice", "c-2", "a")], "by client id");
+    assert_eq!(
+        seen,
+        vec![entry("bob", "c-1", "b"), entry("alice", "c-2", "a")],
+        "by client id"
+    );
     assert_eq!(b.get(&ch).await.expect("get"), seen);
     b.remove(&ch, "c-1").await.expect("remove");
-    assert_eq!(a.get(&ch).await.expect("get"), vec![entry("alice", "c-2", "a")]);
+    assert_eq!(
+        a.get(&ch).await.expect("get"),
+        vec![entry("alice", "c-2", "a")]
+    );
     assert!(a.get(&channel("empty")).await.expect("get").is_empty());
 }
 
 #[tokio::test]
 async fn remove_many_takes_a_client_out_of_every_channel() {
     let server = RedisServer::start();
-    let a = RedisPresence::connect(&server.options("a")).await.expect("a");
+    let a = RedisPresence::connect(&server.options("a"))
+        .await
+        .expect("a");
     let channels: Vec<_> = (0..100).map(|_| channel("many")).collect();
     for c in &channels {
         a.add(c, entry("alice", "c-1", "a")).await.expect("add");
@@ -57,11 +70,19 @@ async fn remove_many_takes_a_client_out_of_every_channel() {
 #[tokio::test]
 async fn a_dead_nodes_entries_expire_while_a_live_nodes_are_refreshed() {
     let server = RedisServer::start();
-    let live = RedisPresence::connect(&server.options("live")).await.expect("live");
-    let dead = RedisPresence::connect(&server.options("dead")).await.expect("dead");
+    let live = RedisPresence::connect(&server.options("live"))
+        .await
+        .expect("live");
+    let dead = RedisPresence::connect(&server.options("dead"))
+        .await
+        .expect("dead");
     let ch = channel("ttl");
-    live.add(&ch, entry("alice", "c-1", "live")).await.expect("add");
-    dead.add(&ch, entry("bob", "c-2", "dead")).await.expect("add");
+    live.add(&ch, entry("alice", "c-1", "live"))
+        .await
+        .expect("add");
+    dead.add(&ch, entry("bob", "c-2", "dead"))
+        .await
+        .expect("add");
     live.add_connection("alice", "c-1").await.expect("conn");
     dead.add_connection("bob", "c-2").await.expect("conn");
     dead.add_connection("alice", "c-3").await.expect("conn");
@@ -70,7 +91,10 @@ async fn a_dead_nodes_entries_expire_while_a_live_nodes_are_refreshed() {
     // The node dies: nothing refreshes its entries any more.
     drop(dead);
     tokio::time::sleep(PAST_TTL).await;
-    assert_eq!(live.get(&ch).await.expect("get"), vec![entry("alice", "c-1", "live")]);
+    assert_eq!(
+        live.get(&ch).await.expect("get"),
+        vec![entry("alice", "c-1", "live")]
+    );
     assert_eq!(live.online().await.expect("online"), vec!["alice"]);
     assert_eq!(live.user_connections("alice").await.expect("count"), 1);
     assert_eq!(live.user_connections("bob").await.expect("count"), 0);
@@ -79,8 +103,12 @@ async fn a_dead_nodes_entries_expire_while_a_live_nodes_are_refreshed() {
 #[tokio::test]
 async fn per_user_connections_count_every_node_and_online_follows_the_last_one() {
     let server = RedisServer::start();
-    let a = RedisPresence::connect(&server.options("a")).await.expect("a");
-    let b = RedisPresence::connect(&server.options("b")).await.expect("b");
+    let a = RedisPresence::connect(&server.options("a"))
+        .await
+        .expect("a");
+    let b = RedisPresence::connect(&server.options("b"))
+        .await
+        .expect("b");
     assert_eq!(a.add_connection("carol", "c-1").await.expect("add"), 1);
     assert_eq!(b.add_connection("carol", "c-2").await.expect("add"), 2);
     assert_eq!(a.user_connections("carol").await.expect("count"), 2);
@@ -104,7 +132,10 @@ async fn nodes_announce_themselves_and_a_silent_one_expires() {
     };
     a.announce(&info("a", 5)).await.expect("announce");
     b.announce(&info("b", 7)).await.expect("announce");
-    assert_eq!(a.nodes().await.expect("nodes"), vec![info("a", 5), info("b", 7)]);
+    assert_eq!(
+        a.nodes().await.expect("nodes"),
+        vec![info("a", 5), info("b", 7)]
+    );
     assert_eq!(a.announce_every(), Duration::from_secs(2) / 3);
     // a keeps announcing, b has died.
     for _ in 0..4 {
