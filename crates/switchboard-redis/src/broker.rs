@@ -10,6 +10,7 @@
 //! connection ends with [`BrokerEvents2::on_resync`].
 
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use crate::conn::{self, Conn, Kind};
 use crate::envelope;
 use crate::health::Health;
 use crate::keys;
-use crate::pubsub::{Lane, PushSink, Shared};
+use crate::pubsub::{Lane, LaneLink, PushSink, Shared, Unsubscribed};
 use crate::scripts::Scripts;
 use crate::seam::{BrokerEvents2, BrokerHealth, ControlMessage};
 
@@ -99,16 +100,15 @@ impl RedisBroker {
         });
         let mut lanes = Vec::with_capacity(lanes_wanted);
         for lane in 0..lanes_wanted {
-            let lost = Arc::new(Notify::new());
-            let sink = PushSink {
-                shared: shared.clone(),
-                lost: lost.clone(),
+            let link = Arc::new(LaneLink {
                 lane,
-            };
-            let c = conn::connect(&options, Some(sink))
-                .await
-                .map_err(unavailable)?;
-            lanes.push(Lane::start(lane, c, lost, shared.clone()));
+                shared: shared.clone(),
+                lost: Notify::new(),
+                unsubscribed: Unsubscribed::default(),
+                generation: AtomicU64::new(0),
+                options: options.clone(),
+            });
+            lanes.push(Lane::start(link).await.map_err(unavailable)?);
         }
         for (lane, name) in lanes.iter().zip(&shared.probes) {
             lane.subscribe(name.clone(), Kind::Sharded)

@@ -9,16 +9,19 @@
 //! and jitter, then tells the node to resync (it may have missed messages).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use redis::aio::{AsyncPushSender, SendError};
-use redis::{PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, RedisResult, Value};
 use switchboard_protocol::ChannelName;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::conn::{Conn, Kind};
+use crate::config::RedisOptions;
+use crate::conn::{self, Conn, Kind};
 use crate::envelope::{self, Envelope};
 use crate::health::Health;
 use crate::keys;
@@ -73,11 +76,47 @@ fn bytes(value: Value) -> Option<Bytes> {
     }
 }
 
+/// Names a server unsubscribed its lane from. Redis Cluster does that,
+/// without closing the connection, when a slot moves to another shard
+/// (failover, resharding); the lane's task tells those apart from its own
+/// unsubscriptions (it forgets a name before unsubscribing it).
+#[derive(Default)]
+pub(crate) struct Unsubscribed {
+    names: Mutex<Vec<Bytes>>,
+    notify: Notify,
+}
+
+/// More than this many unread: the lane resubscribes everything anyway.
+const UNSUBSCRIBED_MAX: usize = 4096;
+
+/// What a lane's task and the connections it opens share.
+pub(crate) struct LaneLink {
+    pub lane: usize,
+    pub shared: Arc<Shared>,
+    /// The connection dropped.
+    pub lost: Notify,
+    pub unsubscribed: Unsubscribed,
+    /// Which of the lane's connections is current: a replaced one's
+    /// disconnection is not news.
+    pub generation: AtomicU64,
+    /// To open a fresh connection on a Cluster (see [`Worker::recover`]).
+    pub options: RedisOptions,
+}
+
+impl LaneLink {
+    /// A sink for the lane's next connection (which becomes the current one).
+    pub fn next_sink(self: &Arc<Self>) -> PushSink {
+        PushSink {
+            link: self.clone(),
+            generation: self.generation.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
+}
+
 /// Where a lane's connection delivers its pushes.
 pub(crate) struct PushSink {
-    pub shared: Arc<Shared>,
-    pub lost: Arc<Notify>,
-    pub lane: usize,
+    link: Arc<LaneLink>,
+    generation: u64,
 }
 
 impl AsyncPushSender for PushSink {
@@ -88,12 +127,28 @@ impl AsyncPushSender for PushSink {
                 if let (Some(name), Some(payload)) =
                     (data.next().and_then(bytes), data.next().and_then(bytes))
                 {
-                    self.shared.deliver(&name, payload);
+                    self.link.shared.deliver(&name, payload);
                 }
             }
+            PushKind::Unsubscribe | PushKind::SUnsubscribe => {
+                let link = &self.link;
+                if let Some(name) = info.data.into_iter().next().and_then(bytes) {
+                    let mut names = link.unsubscribed.names.lock();
+                    if names.len() < UNSUBSCRIBED_MAX {
+                        names.push(name);
+                    } else {
+                        names.clear();
+                        link.lost.notify_one();
+                    }
+                }
+                link.unsubscribed.notify.notify_one();
+            }
             PushKind::Disconnection => {
-                self.shared.health.lane_down(self.lane, true);
-                self.lost.notify_one();
+                let link = &self.link;
+                if link.generation.load(Ordering::SeqCst) == self.generation {
+                    link.shared.health.lane_down(link.lane, true);
+                    link.lost.notify_one();
+                }
             }
             _ => {}
         }
@@ -126,19 +181,19 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 impl Lane {
-    pub fn start(lane: usize, conn: Conn, lost: Arc<Notify>, shared: Arc<Shared>) -> Self {
+    /// Opens the lane's connection and starts its task.
+    pub async fn start(link: Arc<LaneLink>) -> RedisResult<Self> {
+        let conn = conn::connect(&link.options, Some(link.next_sink())).await?;
         let (ops, rx) = mpsc::channel(4 * BATCH);
         let worker = Worker {
-            lane,
+            link,
             conn,
-            lost,
-            shared,
             names: HashMap::new(),
         };
-        Lane {
+        Ok(Lane {
             ops,
             task: tokio::spawn(worker.run(rx)),
-        }
+        })
     }
 
     async fn ask(&self, subscribe: bool, name: String, kind: Kind) -> Result<(), String> {
@@ -168,10 +223,8 @@ impl Lane {
 }
 
 struct Worker {
-    lane: usize,
+    link: Arc<LaneLink>,
     conn: Conn,
-    lost: Arc<Notify>,
-    shared: Arc<Shared>,
     /// What this lane is subscribed to (and resubscribes after a loss).
     names: HashMap<String, Kind>,
 }
@@ -181,7 +234,18 @@ impl Worker {
         loop {
             tokio::select! {
                 biased;
-                _ = self.lost.notified() => self.recover(&mut rx).await,
+                _ = self.link.lost.notified() => self.recover(&mut rx).await,
+                _ = self.link.unsubscribed.notify.notified() => {
+                    let names = std::mem::take(&mut *self.link.unsubscribed.names.lock());
+                    let ours = names.iter().any(|n| {
+                        std::str::from_utf8(n).is_ok_and(|n| self.names.contains_key(n))
+                    });
+                    if ours {
+                        tracing::warn!("redis dropped subscriptions (slot moved?); resubscribing");
+                        self.link.shared.health.lane_down(self.link.lane, true);
+                        self.recover(&mut rx).await;
+                    }
+                }
                 op = rx.recv() => {
                     let Some(op) = op else { return };
                     let mut batch = vec![op];
@@ -255,6 +319,20 @@ impl Worker {
                     }
                 }
             }
+            // A Cluster connection may route by a slot map from before the
+            // change (a demoted master still accepts SSUBSCRIBE, then never
+            // delivers): a fresh connection reads the map anew. Dropping the
+            // old one drops its subscriptions with it.
+            if self.conn.is_cluster() {
+                match conn::connect(&self.link.options, Some(self.link.next_sink())).await {
+                    Ok(fresh) => self.conn = fresh,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reconnecting to the cluster failed; retrying");
+                        delay = (delay * 2).min(BACKOFF_MAX);
+                        continue;
+                    }
+                }
+            }
             let names: Vec<(String, Kind)> =
                 self.names.iter().map(|(n, k)| (n.clone(), *k)).collect();
             let mut ok = true;
@@ -274,8 +352,8 @@ impl Worker {
             names = self.names.len(),
             "pub/sub connection back, resubscribed"
         );
-        self.shared.health.lane_down(self.lane, false);
-        if let Some(events) = self.shared.events.get() {
+        self.link.shared.health.lane_down(self.link.lane, false);
+        if let Some(events) = self.link.shared.events.get() {
             events.on_resync();
         }
     }

@@ -331,20 +331,27 @@ fn quick(mut o: RedisOptions) -> RedisOptions {
     o
 }
 
-/// A Redis Cluster of three masters (no replicas), one slot range each.
+/// A Redis Cluster of three masters, one slot range each, with or without
+/// replicas.
 pub struct RedisCluster {
     dir: tempfile::TempDir,
     ports: Vec<u16>,
-    children: Vec<Child>,
+    children: Vec<Option<Child>>,
     /// How long creating it took.
     pub created_in: Duration,
 }
 
 impl RedisCluster {
+    /// Three masters, no replicas.
     pub fn start() -> Self {
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each (for failover tests).
+    pub fn start_with_replicas(replicas: usize) -> Self {
         let started = Instant::now();
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let ports: Vec<u16> = (0..3 * (1 + replicas)).map(|_| free_port()).collect();
         let mut children = Vec::new();
         for &port in &ports {
             let d: PathBuf = dir.path().join(port.to_string());
@@ -353,7 +360,7 @@ impl RedisCluster {
                 .arg("--port")
                 .arg(port.to_string())
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
                 .args(["--cluster-config-file", "nodes.conf", "--daemonize", "no"])
                 .arg("--dir")
                 .arg(&d)
@@ -361,7 +368,7 @@ impl RedisCluster {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("redis-server on the PATH");
-            children.push(child);
+            children.push(Some(child));
         }
         for &port in &ports {
             wait_until("cluster node", || {
@@ -372,7 +379,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli on the PATH");
         assert!(
@@ -380,17 +387,83 @@ impl RedisCluster {
             "cluster create failed: {}",
             String::from_utf8_lossy(&out.stdout)
         );
-        for &port in &ports {
+        let mut cluster = RedisCluster {
+            dir,
+            ports,
+            children,
+            created_in: Duration::ZERO,
+        };
+        cluster.wait_ok();
+        for &port in &cluster.ports {
+            if cluster.role(port) == "slave" {
+                wait_until("replica in sync", || {
+                    cli(port, None, &["info", "replication"]).contains("master_link_status:up")
+                });
+            }
+        }
+        cluster.created_in = started.elapsed();
+        cluster
+    }
+
+    fn live_ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.ports
+            .iter()
+            .zip(&self.children)
+            .filter(|(_, c)| c.is_some())
+            .map(|(p, _)| *p)
+    }
+
+    /// Waits until every live node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        for port in self.live_ports() {
             wait_until("cluster_state:ok", || {
                 cli(port, None, &["cluster", "info"]).contains("cluster_state:ok")
             });
         }
-        RedisCluster {
-            dir,
-            ports,
-            children,
-            created_in: started.elapsed(),
+    }
+
+    /// `master` or `slave`.
+    pub fn role(&self, port: u16) -> String {
+        cli(port, None, &["role"])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    /// Makes a replica take over its master's slots (`CLUSTER FAILOVER`, the
+    /// graceful kind: no acknowledged write is lost). Returns the new master.
+    pub fn failover(&self) -> u16 {
+        let replica = self
+            .live_ports()
+            .find(|&p| self.role(p) == "slave")
+            .expect("a replica");
+        cli(replica, None, &["cluster", "failover"]);
+        wait_until("the replica promoted", || self.role(replica) == "master");
+        self.wait_ok();
+        replica
+    }
+
+    /// SIGKILLs a master that has a replica; its replica takes over after
+    /// the node timeout (1 s). Returns the killed master's port.
+    pub fn kill_a_master(&mut self) -> u16 {
+        let replica = self
+            .live_ports()
+            .find(|&p| self.role(p) == "slave")
+            .expect("a replica");
+        let master: u16 = cli(replica, None, &["info", "replication"])
+            .lines()
+            .find_map(|l| l.strip_prefix("master_port:"))
+            .and_then(|p| p.trim().parse().ok())
+            .expect("the replica's master");
+        let at = self.ports.iter().position(|&p| p == master).expect("ours");
+        if let Some(mut c) = self.children[at].take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
+        wait_until("the replica promoted", || self.role(replica) == "master");
+        master
     }
 
     pub fn urls(&self) -> Vec<String> {
@@ -420,7 +493,7 @@ impl RedisCluster {
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for c in &mut self.children {
+        for mut c in self.children.iter_mut().filter_map(Option::take) {
             let _ = c.kill();
             let _ = c.wait();
         }

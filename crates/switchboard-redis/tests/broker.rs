@@ -333,7 +333,10 @@ async fn redis_killed_and_restarted_gives_unavailable_then_recovers_by_itself() 
         .await
         .expect_err("redis is down");
     assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
-    let err = a.subscribe(&channel("new")).await.expect_err("redis cannot confirm it");
+    let err = a
+        .subscribe(&channel("new"))
+        .await
+        .expect_err("redis cannot confirm it");
     assert!(matches!(err, BrokerError::Unavailable(_)), "{err:?}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while a.health().ok {
