@@ -19,7 +19,8 @@ use switchboard_core::{PresenceEntry, PresenceStore};
 use switchboard_protocol::ChannelName;
 
 use crate::config::RedisOptions;
-use crate::conn::{self, Conn};
+use crate::conn::{self, Conn, Kind};
+use crate::envelope;
 use crate::keys;
 use crate::pubsub::PushSink;
 use crate::scripts::Scripts;
@@ -96,6 +97,69 @@ impl RedisPresence {
             options.presence_ttl / 3,
         ));
         Ok(RedisPresence { inner, refresher })
+    }
+
+    /// Adds `entry` and sends `frame` (the join push) to the channel's
+    /// subscribers on every node, atomically.
+    pub async fn join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        frame: &[u8],
+    ) -> Result<(), PresenceError> {
+        let json = serde_json::to_string(&entry).map_err(store_error)?;
+        self.inner
+            .local
+            .lock()
+            .channels
+            .entry(channel.clone())
+            .or_default()
+            .insert(entry.client.clone(), json.clone());
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let mut call = inner
+            .scripts
+            .presence_join
+            .key(keys::presence_entries(channel));
+        call.key(keys::presence_expiries(channel))
+            .arg(millis(inner.ttl))
+            .arg(&entry.client)
+            .arg(json)
+            .arg(keys::pubsub(channel))
+            .arg(conn.publish_command(Kind::Sharded))
+            .arg(envelope::push(frame));
+        let _: i64 = inner
+            .timed(call.invoke_async(&mut conn))
+            .await?
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Removes `client` and, if it was present, sends `frame` (the leave
+    /// push) to every node, atomically. Whether it was present.
+    pub async fn leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+        frame: &[u8],
+    ) -> Result<bool, PresenceError> {
+        forget(&mut self.inner.local.lock(), channel, client);
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let mut call = inner
+            .scripts
+            .presence_leave
+            .key(keys::presence_entries(channel));
+        call.key(keys::presence_expiries(channel))
+            .arg(client)
+            .arg(keys::pubsub(channel))
+            .arg(conn.publish_command(Kind::Sharded))
+            .arg(envelope::push(frame));
+        let removed: i64 = inner
+            .timed(call.invoke_async(&mut conn))
+            .await?
+            .map_err(store_error)?;
+        Ok(removed == 1)
     }
 
     /// Takes this node's client out of every channel in `channels` (a

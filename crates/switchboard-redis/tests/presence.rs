@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::channel;
 use switchboard_core::{PresenceEntry, PresenceStore};
 use switchboard_redis::testing::RedisServer;
-use switchboard_redis::{NodeInfo, RedisNodes, RedisPresence};
+use switchboard_redis::{NodeInfo, RedisBroker, RedisNodes, RedisPresence};
 
 fn entry(user: &str, client: &str, node: &str) -> PresenceEntry {
     PresenceEntry {
@@ -48,6 +48,50 @@ async fn entries_of_every_node_come_and_go() {
         vec![entry("alice", "c-2", "a")]
     );
     assert!(a.get(&channel("empty")).await.expect("get").is_empty());
+}
+
+#[tokio::test]
+async fn join_and_leave_store_the_entry_and_push_to_every_node_once() {
+    let server = RedisServer::start();
+    let a = RedisPresence::connect(&server.options("a"))
+        .await
+        .expect("a");
+    let broker = RedisBroker::connect(server.options("b")).await.expect("b");
+    let rec = common::Recorder::bound(&broker);
+    let ch = channel("joins");
+    broker.subscribe(&ch).await.expect("subscribe");
+    a.join(&ch, entry("alice", "c-1", "a"), b"{\"type\":\"join\"}")
+        .await
+        .expect("join");
+    assert_eq!(
+        a.get(&ch).await.expect("get"),
+        vec![entry("alice", "c-1", "a")]
+    );
+    assert!(
+        a.leave(&ch, "c-1", b"{\"type\":\"leave\"}")
+            .await
+            .expect("leave")
+    );
+    assert!(
+        !a.leave(&ch, "c-1", b"{\"type\":\"leave\"}")
+            .await
+            .expect("leave"),
+        "already gone"
+    );
+    assert!(a.get(&ch).await.expect("get").is_empty());
+    assert!(
+        rec.wait(Duration::from_secs(5), |r| r.pushes.lock().len() == 2)
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let frames: Vec<Vec<u8>> = rec.pushes.lock().iter().map(|(_, f)| f.to_vec()).collect();
+    assert_eq!(
+        frames,
+        vec![
+            b"{\"type\":\"join\"}".to_vec(),
+            b"{\"type\":\"leave\"}".to_vec()
+        ]
+    );
 }
 
 #[tokio::test]
