@@ -317,6 +317,68 @@ async fn a_killed_pubsub_connection_is_resubscribed_then_resynced() {
     assert!(a.health().ok);
 }
 
+/// What a node does on `on_resync`, done by the test: read the channel's tail
+/// from history after the last offset it saw. Publishing never stops while
+/// the pub/sub connection is killed, and live plus history cover every
+/// offset: no hole.
+#[tokio::test]
+async fn publications_missed_while_resubscribing_are_all_in_history() {
+    let server = RedisServer::start();
+    let (a, ra) = node(&server, "a").await;
+    let a = Arc::new(a);
+    let ch = channel("gap");
+    a.subscribe(&ch).await.expect("subscribe");
+    let keep = Retention {
+        size: 10_000,
+        ttl: Duration::from_secs(600),
+    };
+    let publisher = {
+        let (a, ch) = (a.clone(), ch.clone());
+        tokio::spawn(async move {
+            let mut last = None;
+            for _ in 0..300 {
+                last = Some(
+                    a.publish(&ch, Bytes::from_static(b"1"), None, keep)
+                        .await
+                        .expect("publish"),
+                );
+            }
+            last.expect("published")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.cli(&["client", "kill", "type", "pubsub"]);
+    let last = publisher.await.expect("publisher");
+    assert!(
+        ra.wait(SOON, |r| r.resyncs() >= 1).await,
+        "the kill was noticed"
+    );
+    assert!(
+        ra.wait(SOON, |r| r.offsets(&ch).last() == Some(&last.offset))
+            .await
+    );
+    let live = ra.offsets(&ch);
+    let mut seen: Vec<u64> = live.clone();
+    let mut contiguous = 0;
+    while live.contains(&(contiguous + 1)) {
+        contiguous += 1;
+    }
+    let tail = a
+        .history(&ch, &HistoryQuery::since(contiguous, &last.epoch), keep)
+        .await
+        .expect("history");
+    assert!(tail.recovered, "the whole missed range is stored");
+    seen.extend(tail.publications.iter().map(|p| p.offset));
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen, (1..=last.offset).collect::<Vec<u64>>());
+    eprintln!(
+        "live deliveries: {} of {}; first hole after {contiguous}",
+        live.len(),
+        last.offset
+    );
+}
+
 #[tokio::test]
 async fn redis_killed_and_restarted_gives_unavailable_then_recovers_by_itself() {
     let mut server = RedisServer::start();
