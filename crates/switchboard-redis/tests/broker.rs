@@ -60,6 +60,34 @@ async fn publications_past_their_ttl_are_trimmed_but_offsets_stay() {
     assert_eq!((r.offset, &*r.epoch), (2, p[0].epoch.as_str()));
 }
 
+/// A channel nobody publishes to leaves nothing behind in Redis: its stream
+/// expires with its history ttl, its offset and epoch with `meta_ttl`.
+#[tokio::test]
+async fn an_idle_channel_leaves_no_keys_behind() {
+    let server = RedisServer::start();
+    let mut options = server.options("n1");
+    options.meta_ttl = Duration::from_millis(500);
+    let b = RedisBroker::connect(options).await.expect("connect");
+    let ch = channel("idle");
+    let short = Retention {
+        size: 10,
+        ttl: Duration::from_millis(300),
+    };
+    publish(&b, &ch, 3, short).await;
+    let count = || {
+        server
+            .cli(&["keys", &format!("sb:{{{ch}}}:*")])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    assert_eq!(count(), 2, "stream and meta");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(count(), 0);
+    let next = publish(&b, &ch, 1, short).await;
+    assert_eq!(next[0].offset, 1, "a new epoch starts at 1");
+}
+
 #[tokio::test]
 async fn a_channel_whose_meta_is_gone_starts_a_new_epoch_at_offset_one() {
     let server = RedisServer::start();
