@@ -105,7 +105,19 @@ async fn remove_many_takes_a_client_out_of_every_channel() {
         a.add(c, entry("alice", "c-1", "a")).await.expect("add");
         a.add(c, entry("bob", "c-2", "a")).await.expect("add");
     }
+    // Every channel's script leaves at once: Redis reads them in a few
+    // calls (counted from /proc), not one round trip per channel.
+    let reads = server.read_calls();
+    a.refresh().await.expect("refresh");
+    let refresh_reads = server.read_calls() - reads;
+    let reads = server.read_calls();
     a.remove_many("c-1", &channels).await.expect("remove_many");
+    let remove_reads = server.read_calls() - reads;
+    eprintln!("100 channels: refresh {refresh_reads} server reads, remove_many {remove_reads}");
+    assert!(
+        refresh_reads < 20 && remove_reads < 20,
+        "100 channels: refresh took {refresh_reads} reads, remove_many {remove_reads}"
+    );
     for c in &channels {
         assert_eq!(a.get(c).await.expect("get"), vec![entry("bob", "c-2", "a")]);
     }
