@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// `[broker] redis_url`: one server, or the seed nodes of a Redis Cluster.
 /// `redis://[:password@]host:port[/db]`, or `rediss://` for TLS.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(untagged)]
 pub enum RedisUrl {
     /// One Redis server (or a proxy that looks like one).
@@ -16,6 +16,30 @@ pub enum RedisUrl {
 impl RedisUrl {
     pub fn is_cluster(&self) -> bool {
         matches!(self, RedisUrl::Cluster(_))
+    }
+}
+
+/// A URL with its user and password replaced, for logs.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None => "<unparsable url>".to_string(),
+    }
+}
+
+/// Passwords never reach a log.
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RedisUrl::Single(u) => f.debug_tuple("Single").field(&redacted(u)).finish(),
+            RedisUrl::Cluster(us) => f
+                .debug_tuple("Cluster")
+                .field(&us.iter().map(|u| redacted(u)).collect::<Vec<_>>())
+                .finish(),
+        }
     }
 }
 
@@ -68,6 +92,19 @@ impl RedisOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_redacted_from_debug() {
+        let one = RedisUrl::Single("rediss://user:s3cret@redis.local:6380/0".into());
+        let shown = format!("{one:?}");
+        assert!(
+            !shown.contains("s3cret") && shown.contains("redis.local:6380"),
+            "{shown}"
+        );
+        let seeds = RedisUrl::Cluster(vec!["redis://:pw@a:1".into(), "redis://b:2".into()]);
+        let shown = format!("{:?}", RedisOptions::new(seeds, "n1"));
+        assert!(!shown.contains("pw@") && shown.contains("b:2"), "{shown}");
+    }
 
     #[test]
     fn one_url_or_a_list_of_seeds() {
