@@ -159,8 +159,19 @@ impl RedisServer {
             tls: false,
             child: None,
         };
-        server.spawn();
+        server.spawn_on_a_free_port();
         server
+    }
+
+    fn spawn_on_a_free_port(&mut self) {
+        for _ in 0..5 {
+            if self.spawn() {
+                return;
+            }
+            self.child = None;
+            self.port = free_port();
+        }
+        panic!("redis-server would not start");
     }
 
     /// Serving `rediss://` only, with a password, its certificate signed by
@@ -176,7 +187,7 @@ impl RedisServer {
             tls: true,
             child: None,
         };
-        server.spawn();
+        server.spawn_on_a_free_port();
         server
     }
 
@@ -185,7 +196,8 @@ impl RedisServer {
         std::fs::read(self.dir.path().join("ca.crt")).expect("ca.crt")
     }
 
-    fn spawn(&mut self) {
+    /// Starts the process; whether it came up on its port.
+    fn spawn(&mut self) -> bool {
         let mut cmd = Command::new("redis-server");
         cmd.arg("--port")
             .arg(self.port.to_string())
@@ -211,17 +223,39 @@ impl RedisServer {
                 .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"])
                 .current_dir(self.dir.path());
         }
-        self.child = Some(cmd.spawn().expect("redis-server on the PATH"));
-        if self.tls {
-            wait_until("redis-server (TLS)", || {
-                self.cli(&["ping"]).trim() == "PONG"
-            });
-        } else {
-            let (port, password) = (self.port, self.password.clone());
-            wait_until("redis-server", || {
-                ask(port, password.as_deref(), "PING").is_some_and(|r| r == "+PONG")
-            });
-        }
+        let mut child = cmd.spawn().expect("redis-server on the PATH");
+        let (port, password) = (self.port, self.password.clone());
+        let ca = self.tls.then(|| self.dir.path().join("ca.crt"));
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let up = loop {
+            let pong = match &ca {
+                Some(ca) => {
+                    let ca = ca.to_string_lossy();
+                    cli(
+                        port,
+                        password.as_deref(),
+                        &["--tls", "--cacert", &ca, "ping"],
+                    )
+                    .trim()
+                        == "PONG"
+                }
+                None => ask(port, password.as_deref(), "PING").is_some_and(|r| r == "+PONG"),
+            };
+            if pong {
+                break true;
+            }
+            // It exited: most likely another test took the port meanwhile.
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break false;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for redis-server"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        self.child = Some(child);
+        up
     }
 
     pub fn port(&self) -> u16 {
@@ -286,7 +320,7 @@ impl RedisServer {
     /// Starts it again on the same port and data directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(self.spawn(), "redis-server did not come back on its port");
     }
 
     /// Runs `redis-cli` against it; its output.
