@@ -48,6 +48,7 @@ async fn publications_past_their_ttl_are_trimmed_but_offsets_stay() {
     let short = Retention {
         size: 10,
         ttl: Duration::from_millis(300),
+        max_channels: 0,
     };
     let p = publish(&b, &ch, 2, short).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -72,6 +73,7 @@ async fn an_idle_channel_leaves_no_keys_behind() {
     let short = Retention {
         size: 10,
         ttl: Duration::from_millis(300),
+        max_channels: 0,
     };
     publish(&b, &ch, 3, short).await;
     let count = || {
@@ -359,6 +361,7 @@ async fn publications_missed_while_resubscribing_are_all_in_history() {
     let keep = Retention {
         size: 10_000,
         ttl: Duration::from_secs(600),
+        max_channels: 0,
     };
     let publisher = {
         let (a, ch) = (a.clone(), ch.clone());

@@ -86,6 +86,7 @@ pub fn channel(name: &str) -> ChannelName {
 pub const KEEP: Retention = Retention {
     size: 3,
     ttl: Duration::from_secs(600),
+    max_channels: 0,
 };
 
 pub async fn publish(
