@@ -187,3 +187,30 @@ def test_errors_are_typed(server: Server, sb: Switchboard) -> None:
     assert b.value.status == 400 and b.value.message
     with pytest.raises(BadRequestError):
         sb.history("not a channel!")
+
+
+def test_the_async_client_answers_every_call_like_the_sync_one(
+    server: Server, sb: Switchboard, unique: Callable[[str], str]
+) -> None:
+    user = unique("twin")
+    channel = unique("chat:twin")
+    with ws_connect(server, user) as (ws, welcome):
+        subscribe(ws, channel)
+
+        async def main() -> None:
+            async with AsyncSwitchboard(server.url, API_KEY) as a:
+                assert (await a.publish(channel, 1)).offset == 1
+                out = await a.broadcast([channel], 2)
+                pos = out.results[0].position
+                assert out.ok and pos is not None and pos.offset == 2
+                assert await a.presence(channel) == sb.presence(channel)
+                assert [c.client for c in (await a.presence(channel)).clients] == [welcome["client"]]
+                assert user in (await a.online()).users
+                assert await a.history(channel) == sb.history(channel)
+                assert [n.name for n in (await a.info()).nodes] == ["py1"]
+                assert await a.disconnect(user) in (1, None)
+
+        asyncio.run(main())
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=5)
