@@ -507,6 +507,18 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
+        let (config, warnings) = Config::load_unvalidated(file, env)?;
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// [`Config::load`] without [`Config::validate`]: for commands that need
+    /// a part of the config only (`switchboard token` needs the secret, not
+    /// the API key a server needs).
+    pub fn load_unvalidated(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
         let mut table: toml::Table = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
@@ -574,7 +586,6 @@ impl Config {
         let config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e| ConfigError(format!("config: {e}")))?;
-        config.validate()?;
         Ok((config, warnings))
     }
 
