@@ -1,9 +1,13 @@
-//! The node's indexes of who is connected and who listens where.
+//! The node's indexes of who is connected and who listens where, with each
+//! channel's [`Stream`] (its position on this node, held publications and
+//! joining subscribers).
 //!
 //! Each index is split into shards, each behind its own `parking_lot` mutex, so
 //! that one busy channel or many small ones do not serialize on one lock. Locks
 //! are held only to read or change the index and to push onto outboxes (which
-//! never waits): never across an `.await`.
+//! never waits): never across an `.await`. History reads happen outside, in
+//! the node; their results come back through [`Hub::finish_join`] and
+//! [`Hub::fill`].
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -14,14 +18,101 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
-use switchboard_protocol::ChannelName;
+use switchboard_protocol::{ChannelName, Publication};
 
 use crate::client::{ClientHandle, PushError};
+use crate::history::HistoryRead;
+use crate::subscription::{Gap, Joined, Sink, Stream};
 
 const SHARDS: usize = 64;
 
 type Subscribers = HashMap<u64, Arc<ClientHandle>>;
 type Shards<T> = Box<[Mutex<T>]>;
+
+/// A channel with local subscribers (live or joining).
+#[derive(Debug, Default)]
+struct Channel {
+    /// Live subscribers: each is at the stream's position.
+    subscribers: Subscribers,
+    stream: Stream,
+    /// The node's broker subscription to it is confirmed.
+    broker: bool,
+}
+
+impl Channel {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && !self.stream.has_joiners()
+    }
+}
+
+/// Which of a channel's streams: a personal channel's owner's connections
+/// are served from the user index, anyone else from a channel entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKey {
+    Own,
+    Shared,
+}
+
+/// How a subscribe started.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    /// The channel's position was known and no recovery was asked: the
+    /// client is live and its reply queued.
+    Live(BroadcastOutcome),
+    /// The client buffers; the node reads history and calls `finish_join`.
+    /// `broker_subscribe`: the node's broker subscription is not confirmed yet.
+    Joining { broker_subscribe: bool },
+}
+
+/// The live subscribers a stream's items go to, and what happened.
+struct Fanout<'a> {
+    live: Live<'a>,
+    out: &'a mut BroadcastOutcome,
+    promoted: Vec<Arc<ClientHandle>>,
+}
+
+enum Live<'a> {
+    Channel(&'a Subscribers),
+    /// A user's connections that listen on their personal channel.
+    Own(Option<&'a UserClients>),
+}
+
+impl Sink for Fanout<'_> {
+    fn live(&mut self, frame: &Bytes) {
+        match self.live {
+            Live::Channel(subs) => {
+                for client in subs.values() {
+                    self.out.push(client, frame);
+                }
+            }
+            Live::Own(Some(list)) => {
+                for client in list.as_slice() {
+                    if client.personal.load(Ordering::Relaxed) {
+                        self.out.push(client, frame);
+                    }
+                }
+            }
+            Live::Own(None) => {}
+        }
+        for client in &self.promoted {
+            self.out.push(client, frame);
+        }
+    }
+
+    fn one(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
+        self.out.push(client, frame);
+    }
+
+    fn promote(&mut self, client: Arc<ClientHandle>) {
+        self.promoted.push(client);
+    }
+
+    fn overflowed(&mut self, client: Arc<ClientHandle>) {
+        if client.outbox.close(crate::disconnect::Disconnect::SLOW) {
+            self.out.overflowed.push(client);
+        }
+    }
+}
 
 /// Why a client could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +123,7 @@ pub enum AddError {
 
 /// What one broadcast did.
 #[derive(Debug, Default)]
+#[must_use]
 pub struct BroadcastOutcome {
     pub delivered: usize,
     /// Clients whose outbox overflowed: the caller closes them as slow.
@@ -41,7 +133,7 @@ pub struct BroadcastOutcome {
 }
 
 impl BroadcastOutcome {
-    fn push(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
+    pub(crate) fn push(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
         match client.outbox.push(frame.clone()) {
             Ok(()) => self.delivered += 1,
             Err(PushError::Overflow(n)) => {
@@ -109,13 +201,32 @@ impl UserClients {
 }
 
 /// One shard of the user index: entries hashed by user with the hub's
-/// hasher, the key read from the entry's connections.
+/// hasher, the key read from the entry's connections; and the personal
+/// channel streams of those users that have one (only while a publication
+/// reached them or a subscribe to it is under way, so an idle connection
+/// pays nothing for it).
 #[derive(Debug, Default)]
-struct Users(HashTable<UserClients>);
+struct Users(HashTable<UserClients>, HashMap<Arc<str>, Stream>);
 
 impl Users {
     fn get(&self, hash: u64, user: &str) -> Option<&UserClients> {
         self.0.find(hash, |e| e.user() == user)
+    }
+
+    /// Forgets `user`'s personal stream once nobody listens on it.
+    fn tidy(&mut self, hash: u64, user: &str) {
+        let listening = self.get(hash, user).is_some_and(|l| {
+            l.as_slice()
+                .iter()
+                .any(|c| c.personal.load(Ordering::Relaxed))
+        });
+        if !listening
+            && self.1.get(user).is_some_and(|s| !s.has_joiners())
+            && self.1.remove(user).is_some()
+            && is_sparse(self.1.len(), self.1.capacity())
+        {
+            self.1.shrink_to_fit();
+        }
     }
 
     /// Adds `client` (whose user hashes to `hash`) unless its user already
@@ -171,7 +282,7 @@ fn is_sparse(len: usize, capacity: usize) -> bool {
 #[derive(Debug)]
 pub struct Hub {
     hasher: RandomState,
-    channels: Shards<HashMap<ChannelName, Subscribers>>,
+    channels: Shards<HashMap<ChannelName, Channel>>,
     /// Every client, by user: also how the node enumerates its clients.
     users: Shards<Users>,
     connections: AtomicUsize,
@@ -241,23 +352,31 @@ impl Hub {
         }
     }
 
-    /// Adds `client` to `channel`; false when it was already there.
+    /// Adds `client` to `channel` as a live subscriber without a position of
+    /// its own (a connection's personal channel: it starts at the first
+    /// publication that reaches it); false when it was already there.
     pub fn subscribe(&self, channel: &ChannelName, client: &Arc<ClientHandle>) -> bool {
         if channel.personal_owner() == Some(&*client.user) {
             // Served from the user index: a flag, not a channel entry.
-            let _users = self.users[self.user_slot(&client.user).0].lock();
-            let added = !client.personal.swap(true, Ordering::Relaxed);
+            let mut users = self.users[self.user_slot(&client.user).0].lock();
+            let joining = users
+                .1
+                .get_mut(&*client.user)
+                .is_some_and(|s| s.remove_joiner(client.key));
+            let added = !client.personal.swap(true, Ordering::Relaxed) && !joining;
             if added {
                 self.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             return added;
         }
-        let added = self.channels[self.shard(channel)]
-            .lock()
-            .entry(channel.clone())
-            .or_default()
+        let mut shard = self.channels[self.shard(channel)].lock();
+        let entry = shard.entry(channel.clone()).or_default();
+        let joining = entry.stream.remove_joiner(client.key);
+        let added = entry
+            .subscribers
             .insert(client.key, client.clone())
-            .is_none();
+            .is_none()
+            && !joining;
         if added {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
@@ -266,36 +385,379 @@ impl Hub {
 
     /// Removes `client` from `channel`; false when it was not there.
     pub fn unsubscribe(&self, channel: &ChannelName, client: &ClientHandle) -> bool {
-        if channel.personal_owner() == Some(&*client.user) {
-            let _users = self.users[self.user_slot(&client.user).0].lock();
-            let removed = client.personal.swap(false, Ordering::Relaxed);
-            if removed {
-                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            }
-            return removed;
-        }
-        let mut shard = self.channels[self.shard(channel)].lock();
-        let Some(subs) = shard.get_mut(channel) else {
-            return false;
-        };
-        let removed = subs.remove(&client.key).is_some();
-        // Memory goes back once a table is mostly empty.
-        if is_sparse(subs.len(), subs.capacity()) {
-            subs.shrink_to_fit();
-        }
-        if subs.is_empty() {
-            shard.remove(channel);
-            if is_sparse(shard.len(), shard.capacity()) {
-                shard.shrink_to_fit();
-            }
-        }
-        if removed {
-            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        }
-        removed
+        self.leave(channel, client).is_some()
     }
 
-    /// Pushes `frame` (encoded once, shared) to every subscriber of `channel`.
+    /// Removes `client` from `channel` (live or joining): `None` when it was
+    /// not there, else whether the channel has no channel entry left (a
+    /// personal channel's broker subscription follows its owner's
+    /// connections instead).
+    pub(crate) fn leave(&self, channel: &ChannelName, client: &ClientHandle) -> Option<bool> {
+        let mut removed = false;
+        let mut last = true;
+        if let Some(owner) = channel.personal_owner() {
+            let (shard, hash) = self.user_slot(owner);
+            let mut users = self.users[shard].lock();
+            if owner == &*client.user {
+                removed |= client.personal.swap(false, Ordering::Relaxed);
+            }
+            removed |= users
+                .1
+                .get_mut(owner)
+                .is_some_and(|s| s.remove_joiner(client.key));
+            users.tidy(hash, owner);
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        if let Some(entry) = shard.get_mut(channel) {
+            removed |= entry.subscribers.remove(&client.key).is_some();
+            removed |= entry.stream.remove_joiner(client.key);
+            // Memory goes back once a table is mostly empty.
+            if is_sparse(entry.subscribers.len(), entry.subscribers.capacity()) {
+                entry.subscribers.shrink_to_fit();
+            }
+            if entry.is_empty() {
+                shard.remove(channel);
+                if is_sparse(shard.len(), shard.capacity()) {
+                    shard.shrink_to_fit();
+                }
+            } else {
+                last = false;
+            }
+        }
+        if !removed {
+            return None;
+        }
+        self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        Some(last)
+    }
+
+    /// Starts a subscribe. Without `recover`, on a channel whose position is
+    /// known, the client goes live at once and `reply` (given the position)
+    /// is queued under the lock, before any later publication. Otherwise it
+    /// joins as a buffering subscriber (a live one stops being live until its
+    /// join ends, so its recovery and live publications stay in order).
+    pub(crate) fn begin_join(
+        &self,
+        channel: &ChannelName,
+        client: &Arc<ClientHandle>,
+        recover: bool,
+        reply: impl FnOnce(&str, u64) -> Option<Bytes>,
+    ) -> Begin {
+        let mut out = BroadcastOutcome::default();
+        if channel.personal_owner() == Some(&*client.user) {
+            let (shard, _) = self.user_slot(&client.user);
+            let mut users = self.users[shard].lock();
+            let stream = users.1.entry(client.user.clone()).or_default();
+            let was_live = client.personal.load(Ordering::Relaxed);
+            if let (false, Some((epoch, offset))) = (recover, stream.position()) {
+                let frame = reply(epoch, offset);
+                if !was_live && !stream.is_joining(client.key) {
+                    self.subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
+                stream.remove_joiner(client.key);
+                if let Some(frame) = frame {
+                    out.push(client, &frame);
+                }
+                client.personal.store(true, Ordering::Relaxed);
+                return Begin::Live(out);
+            }
+            if !was_live && !stream.is_joining(client.key) {
+                self.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            client.personal.store(false, Ordering::Relaxed);
+            stream.add_joiner(client.clone());
+            return Begin::Joining {
+                broker_subscribe: false,
+            };
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        let entry = shard.entry(channel.clone()).or_default();
+        let was_there =
+            entry.subscribers.contains_key(&client.key) || entry.stream.is_joining(client.key);
+        if !was_there {
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        if entry.broker
+            && !recover
+            && let Some((epoch, offset)) = entry.stream.position()
+        {
+            if let Some(frame) = reply(epoch, offset) {
+                out.push(client, &frame);
+            }
+            entry.stream.remove_joiner(client.key);
+            entry.subscribers.insert(client.key, client.clone());
+            return Begin::Live(out);
+        }
+        entry.subscribers.remove(&client.key);
+        entry.stream.add_joiner(client.clone());
+        Begin::Joining {
+            broker_subscribe: !entry.broker,
+        }
+    }
+
+    /// The node's broker subscription to `channel` is confirmed; false when
+    /// the channel has no local subscriber any more.
+    pub(crate) fn broker_subscribed(&self, channel: &ChannelName) -> bool {
+        match self.channels[self.shard(channel)].lock().get_mut(channel) {
+            Some(entry) => {
+                entry.broker = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the node has local subscribers of `channel` in a channel
+    /// entry (so it needs its broker subscription).
+    pub(crate) fn has_channel(&self, channel: &ChannelName) -> bool {
+        self.channels[self.shard(channel)]
+            .lock()
+            .contains_key(channel)
+    }
+
+    /// Ends a join with its history read (see [`Stream::finish_join`]):
+    /// `head` is queued first, then what the read did not cover. A client
+    /// removed meanwhile is dropped instead.
+    pub(crate) fn finish_join(
+        &self,
+        channel: &ChannelName,
+        client: &Arc<ClientHandle>,
+        read: &HistoryRead,
+        head: &[Bytes],
+    ) -> (Joined, BroadcastOutcome, Gap) {
+        let mut out = BroadcastOutcome::default();
+        if channel.personal_owner() == Some(&*client.user) {
+            let (shard, hash) = self.user_slot(&client.user);
+            let mut guard = self.users[shard].lock();
+            let users = &mut *guard;
+            let Some(stream) = users.1.get_mut(&*client.user) else {
+                return (Joined::Gone, out, Gap::None);
+            };
+            if client.is_removed() {
+                stream.remove_joiner(client.key);
+                users.tidy(hash, &client.user.clone());
+                return (Joined::Gone, out, Gap::None);
+            }
+            let mut sink = Fanout {
+                live: Live::Own(users.0.find(hash, |e| e.user() == &*client.user)),
+                out: &mut out,
+                promoted: Vec::new(),
+            };
+            let joined = stream.finish_join(channel, client, read, head, &mut sink);
+            if joined == Joined::Live {
+                sink.promoted.push(client.clone());
+            }
+            let gap = stream.resume(channel, &mut sink);
+            for c in sink.promoted {
+                c.personal.store(true, Ordering::Relaxed);
+            }
+            return (joined, out, gap);
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        let Some(entry) = shard.get_mut(channel) else {
+            return (Joined::Gone, out, Gap::None);
+        };
+        if client.is_removed() {
+            entry.stream.remove_joiner(client.key);
+            return (Joined::Gone, out, Gap::None);
+        }
+        let Channel {
+            subscribers,
+            stream,
+            ..
+        } = entry;
+        let mut sink = Fanout {
+            live: Live::Channel(subscribers),
+            out: &mut out,
+            promoted: Vec::new(),
+        };
+        let joined = stream.finish_join(channel, client, read, head, &mut sink);
+        if joined == Joined::Live {
+            sink.promoted.push(client.clone());
+        }
+        let gap = stream.resume(channel, &mut sink);
+        let promoted = sink.promoted;
+        for c in promoted {
+            subscribers.insert(c.key, c);
+        }
+        (joined, out, gap)
+    }
+
+    /// Hands a publication to `channel`'s streams. Returns what was pushed,
+    /// and which streams now have a hole to fill.
+    pub(crate) fn publication(&self, p: &Arc<Publication>) -> (BroadcastOutcome, Vec<StreamKey>) {
+        let channel = &p.channel;
+        let mut out = BroadcastOutcome::default();
+        let mut gaps = Vec::new();
+        if let Some(owner) = channel.personal_owner() {
+            let (shard, hash) = self.user_slot(owner);
+            let mut guard = self.users[shard].lock();
+            let users = &mut *guard;
+            let list = users.0.find(hash, |e| e.user() == owner);
+            let has_live = list.is_some_and(|l| {
+                l.as_slice()
+                    .iter()
+                    .any(|c| c.personal.load(Ordering::Relaxed))
+            });
+            let stream = match (users.1.get_mut(owner), list) {
+                (Some(s), _) => Some(s),
+                (None, Some(l)) if has_live => {
+                    Some(users.1.entry(l.as_slice()[0].user.clone()).or_default())
+                }
+                _ => None,
+            };
+            if let Some(stream) = stream {
+                let mut sink = Fanout {
+                    live: Live::Own(list),
+                    out: &mut out,
+                    promoted: Vec::new(),
+                };
+                if stream.publication(channel, p.clone(), has_live, &mut sink) == Gap::New {
+                    gaps.push(StreamKey::Own);
+                }
+                for c in sink.promoted {
+                    c.personal.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        if let Some(entry) = shard.get_mut(channel) {
+            let has_live = !entry.subscribers.is_empty();
+            let Channel {
+                subscribers,
+                stream,
+                ..
+            } = entry;
+            let mut sink = Fanout {
+                live: Live::Channel(subscribers),
+                out: &mut out,
+                promoted: Vec::new(),
+            };
+            if stream.publication(channel, p.clone(), has_live, &mut sink) == Gap::New {
+                gaps.push(StreamKey::Shared);
+            }
+            let promoted = sink.promoted;
+            for c in promoted {
+                subscribers.insert(c.key, c);
+            }
+        }
+        (out, gaps)
+    }
+
+    /// Runs `f` on one of `channel`'s streams with its live subscribers,
+    /// then adds the subscribers it promoted.
+    fn with_stream<R>(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+        f: impl FnOnce(&mut Stream, &mut Fanout<'_>) -> R,
+    ) -> Option<(R, BroadcastOutcome)> {
+        let mut out = BroadcastOutcome::default();
+        match (key, channel.personal_owner()) {
+            (StreamKey::Own, Some(owner)) => {
+                let (shard, hash) = self.user_slot(owner);
+                let mut guard = self.users[shard].lock();
+                let users = &mut *guard;
+                let stream = users.1.get_mut(owner)?;
+                let mut sink = Fanout {
+                    live: Live::Own(users.0.find(hash, |e| e.user() == owner)),
+                    out: &mut out,
+                    promoted: Vec::new(),
+                };
+                let r = f(stream, &mut sink);
+                for c in sink.promoted {
+                    c.personal.store(true, Ordering::Relaxed);
+                }
+                Some((r, out))
+            }
+            (StreamKey::Own, None) => None,
+            (StreamKey::Shared, _) => {
+                let mut shard = self.channels[self.shard(channel)].lock();
+                let Channel {
+                    subscribers,
+                    stream,
+                    ..
+                } = shard.get_mut(channel)?;
+                let mut sink = Fanout {
+                    live: Live::Channel(subscribers),
+                    out: &mut out,
+                    promoted: Vec::new(),
+                };
+                let r = f(stream, &mut sink);
+                let promoted = sink.promoted;
+                for c in promoted {
+                    subscribers.insert(c.key, c);
+                }
+                Some((r, out))
+            }
+        }
+    }
+
+    /// Where a fill of the stream must read from, when one is still due.
+    pub(crate) fn fill_from(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+    ) -> Option<(Arc<str>, u64)> {
+        self.with_stream(channel, key, |s, _| s.fill_from())
+            .and_then(|(r, _)| r)
+    }
+
+    /// The stream's position, for a resync.
+    pub(crate) fn position(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+    ) -> Option<(Arc<str>, u64)> {
+        self.with_stream(channel, key, |s, _| {
+            s.position().map(|(e, o)| (e.clone(), o))
+        })
+        .and_then(|(r, _)| r)
+    }
+
+    /// Applies a history read to a stream (see [`Stream::fill`]).
+    pub(crate) fn fill(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+        read: &HistoryRead,
+        definitive: bool,
+    ) -> (BroadcastOutcome, Gap) {
+        self.with_stream(channel, key, |s, sink| {
+            s.fill(channel, read, definitive, sink)
+        })
+        .map_or_else(|| (BroadcastOutcome::default(), Gap::None), |(g, o)| (o, g))
+    }
+
+    /// Every stream that has a position (for a resync).
+    pub(crate) fn streams(&self) -> Vec<(ChannelName, StreamKey)> {
+        let mut all = Vec::new();
+        for shard in self.channels.iter() {
+            all.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .filter(|(_, e)| e.stream.position().is_some())
+                    .map(|(c, _)| (c.clone(), StreamKey::Shared)),
+            );
+        }
+        for shard in self.users.iter() {
+            all.extend(
+                shard
+                    .lock()
+                    .1
+                    .iter()
+                    .filter(|(_, s)| s.position().is_some())
+                    .filter_map(|(u, _)| ChannelName::personal(u).ok())
+                    .map(|c| (c, StreamKey::Own)),
+            );
+        }
+        all
+    }
+
+    /// Pushes `frame` (encoded once, shared) to every subscriber of
+    /// `channel`, joining ones included: a push that is not a publication
+    /// (join, leave) has no offset to order it by.
     pub fn broadcast(&self, channel: &ChannelName, frame: &Bytes) -> BroadcastOutcome {
         let mut out = BroadcastOutcome::default();
         if let Some(owner) = channel.personal_owner() {
@@ -308,32 +770,41 @@ impl Hub {
                     }
                 }
             }
+            if let Some(stream) = users.1.get(owner) {
+                for client in stream.joiners() {
+                    out.push(client, frame);
+                }
+            }
         }
         let shard = self.channels[self.shard(channel)].lock();
-        if let Some(subs) = shard.get(channel) {
-            for client in subs.values() {
+        if let Some(entry) = shard.get(channel) {
+            for client in entry.subscribers.values() {
+                out.push(client, frame);
+            }
+            for client in entry.stream.joiners() {
                 out.push(client, frame);
             }
         }
         out
     }
 
-    /// Number of local subscribers of `channel`.
+    /// Number of local subscribers of `channel`, joining ones included.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
         let personal = channel.personal_owner().map_or(0, |owner| {
             let (shard, hash) = self.user_slot(owner);
-            self.users[shard].lock().get(hash, owner).map_or(0, |l| {
+            let users = self.users[shard].lock();
+            users.get(hash, owner).map_or(0, |l| {
                 l.as_slice()
                     .iter()
                     .filter(|c| c.personal.load(Ordering::Relaxed))
                     .count()
-            })
+            }) + users.1.get(owner).map_or(0, Stream::joiner_count)
         });
         personal
             + self.channels[self.shard(channel)]
                 .lock()
                 .get(channel)
-                .map_or(0, HashMap::len)
+                .map_or(0, |e| e.subscribers.len() + e.stream.joiner_count())
     }
 
     /// How many connections `user` has on this node.
