@@ -927,3 +927,7 @@ pub fn history_result(read: &HistoryRead) -> Bytes {
 fn json_str(s: &str) -> Vec<u8> {
     serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
 }
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

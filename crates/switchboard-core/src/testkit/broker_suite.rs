@@ -64,8 +64,9 @@ pub struct Tap {
     node: OnceLock<Arc<dyn BrokerEvents>>,
     withheld: Mutex<Vec<(ChannelName, RangeInclusive<u64>)>>,
     /// Delays a quarter of the publications by up to 2 ms (so they arrive
-    /// out of order) and each history read by up to 2 ms before and after
-    /// (so publications arrive while a subscriber's read is under way).
+    /// out of order), each history read by up to 2 ms before and after (so
+    /// publications arrive while a subscriber's read is under way), and each
+    /// push by up to 2 ms.
     jitter: AtomicBool,
 }
 
@@ -162,6 +163,7 @@ impl Broker for Tapped {
         self.inner.publish(channel, data, from, retention).await
     }
     async fn push(&self, channel: &ChannelName, frame: Bytes) -> Result<(), BrokerError> {
+        self.tap.delay().await;
         self.inner.push(channel, frame).await
     }
     async fn control(&self, message: ControlMessage) -> Result<(), BrokerError> {
