@@ -515,14 +515,15 @@ impl Hub {
             .contains_key(channel)
     }
 
-    /// Ends a join with its history read (see [`Stream::finish_join`]):
-    /// `head` is queued first, then what the read did not cover. A client
-    /// removed meanwhile is dropped instead.
+    /// Ends a join whose reads cover `epoch` up to `covered` (see
+    /// [`Stream::finish_join`]): `head` is queued first, then what the reads
+    /// did not cover. A client removed meanwhile is dropped instead.
     pub(crate) fn finish_join(
         &self,
         channel: &ChannelName,
         client: &Arc<ClientHandle>,
-        read: &HistoryRead,
+        epoch: &Arc<str>,
+        covered: u64,
         head: &[Bytes],
     ) -> (Joined, BroadcastOutcome, Gap) {
         let mut out = BroadcastOutcome::default();
@@ -543,7 +544,7 @@ impl Hub {
                 out: &mut out,
                 promoted: Vec::new(),
             };
-            let joined = stream.finish_join(channel, client, read, head, &mut sink);
+            let joined = stream.finish_join(channel, client, epoch, covered, head, &mut sink);
             if joined == Joined::Live {
                 sink.promoted.push(client.clone());
             }
@@ -571,7 +572,7 @@ impl Hub {
             out: &mut out,
             promoted: Vec::new(),
         };
-        let joined = stream.finish_join(channel, client, read, head, &mut sink);
+        let joined = stream.finish_join(channel, client, epoch, covered, head, &mut sink);
         if joined == Joined::Live {
             sink.promoted.push(client.clone());
         }

@@ -28,6 +28,9 @@ use crate::subscription::{Gap, Joined};
 /// a hole that lasts this long is a loss to fill (or to report `lost`).
 pub const REORDER_WINDOW: Duration = Duration::from_millis(100);
 
+/// History reads one subscribe makes at most before it gives up.
+const MAX_JOIN_READS: usize = 4;
+
 /// How long a failed gap fill waits before it tries again.
 const FILL_RETRY: Duration = Duration::from_secs(1);
 
@@ -704,15 +707,41 @@ impl Node {
                 .collect(),
             None => vec![frame::lost(channel, &read.epoch, read.offset)],
         };
-        let (joined, out, gap) = self.hub.finish_join(channel, client, &read, &head);
-        self.account(out, None);
-        if gap == Gap::New {
-            self.schedule_fill(channel.clone(), key, REORDER_WINDOW);
+        let (mut head, mut epoch, mut covered) = (head, read.epoch.clone(), read.offset);
+        // Another subscriber's read may have placed the channel's stream past
+        // this one's: then what lies between is read too (rarely more than once).
+        for _ in 0..MAX_JOIN_READS {
+            let (joined, out, gap) = self
+                .hub
+                .finish_join(channel, client, &epoch, covered, &head);
+            self.account(out, None);
+            if gap == Gap::New {
+                self.schedule_fill(channel.clone(), key, REORDER_WINDOW);
+            }
+            match joined {
+                Joined::Live | Joined::Catching => return Ok(read.publications.len()),
+                Joined::Gone => {
+                    return Err(CommandError::new(ErrorCode::Internal, "client is closing"));
+                }
+                Joined::Behind => {}
+            }
+            let more = self
+                .broker
+                .history(channel, &HistoryQuery::since(covered, &epoch), retention)
+                .await?;
+            let bytes: usize = more.publications.iter().map(|p| p.frame().len()).sum();
+            if more.recovered && bytes <= self.reply_cap() {
+                head.extend(more.publications.iter().map(|p| p.frame().clone()));
+            } else {
+                head.push(frame::lost(channel, &more.epoch, more.offset));
+            }
+            epoch = more.epoch;
+            covered = more.offset;
         }
-        if joined == Joined::Gone {
-            return Err(CommandError::new(ErrorCode::Internal, "client is closing"));
-        }
-        Ok(read.publications.len())
+        Err(CommandError::new(
+            ErrorCode::Internal,
+            "the channel moved on during the subscribe, retry",
+        ))
     }
 
     async fn client_publish(

@@ -57,7 +57,13 @@ impl Item {
 #[derive(Debug)]
 enum JoinState {
     /// Its history is being read: live items wait here for the merge.
-    Buffering { items: Vec<Item>, bytes: usize },
+    /// `from`: the stream's position when they started to arrive (`None`
+    /// while the stream has none): the buffer holds everything after it.
+    Buffering {
+        items: Vec<Item>,
+        bytes: usize,
+        from: Option<(Arc<str>, u64)>,
+    },
     /// Its read went further than the channel has delivered yet: it has
     /// everything up to `until` of `epoch`, and turns live once the stream
     /// gets there.
@@ -100,6 +106,10 @@ pub(crate) enum Joined {
     Catching,
     /// It was no longer joining (unsubscribed or removed meanwhile).
     Gone,
+    /// The stream went past the read (another joiner's read placed it) and
+    /// the buffer does not reach back to the read: read again from the
+    /// read's offset, then finish with both. Nothing was queued.
+    Behind,
 }
 
 /// A channel's stream as this node delivers it.
@@ -148,6 +158,7 @@ impl Stream {
             state: JoinState::Buffering {
                 items: Vec::new(),
                 bytes: 0,
+                from: self.position.clone(),
             },
         });
     }
@@ -182,7 +193,7 @@ impl Stream {
                 self.hold(p);
                 return Gap::None;
             }
-            self.position = Some((p.epoch.clone(), p.offset.saturating_sub(1)));
+            self.anchor(p.epoch.clone(), p.offset.saturating_sub(1));
             return self.publication(channel, p, has_live, sink);
         };
         if p.epoch != epoch {
@@ -201,6 +212,19 @@ impl Stream {
         }
         self.hold(p);
         self.gap()
+    }
+
+    /// Gives a stream without a position one; joiners buffer from there.
+    fn anchor(&mut self, epoch: Arc<str>, offset: u64) {
+        for j in &mut self.joiners {
+            if let JoinState::Buffering {
+                from: from @ None, ..
+            } = &mut j.state
+            {
+                *from = Some((epoch.clone(), offset));
+            }
+        }
+        self.position = Some((epoch, offset));
     }
 
     fn hold(&mut self, p: Arc<Publication>) {
@@ -305,53 +329,68 @@ impl Stream {
         self.resume(channel, sink)
     }
 
-    /// Ends a join with its history read: queues `head` (the reply, or the
-    /// recovered publications) then the buffered items the read did not
-    /// cover. When the stream had no position yet, the read gives it one.
-    /// After [`Joined::Live`] the caller adds the client to the live
-    /// subscribers and then calls [`Self::resume`].
+    /// Ends a join whose reads cover everything up to `covered` of `epoch`:
+    /// queues `head` (the reply, or the recovered publications) then the
+    /// buffered items past `covered`. When the stream had no position yet,
+    /// the read gives it one. After [`Joined::Live`] the caller adds the
+    /// client to the live subscribers and then calls [`Self::resume`].
     pub fn finish_join(
         &mut self,
         channel: &ChannelName,
         client: &Arc<ClientHandle>,
-        read: &HistoryRead,
+        epoch: &Arc<str>,
+        covered: u64,
         head: &[Bytes],
         sink: &mut impl Sink,
     ) -> Joined {
         let Some(i) = self.joiners.iter().position(|j| j.client.key == client.key) else {
             return Joined::Gone;
         };
+        let Some((current, last)) = self.position.clone() else {
+            self.joiners.swap_remove(i);
+            for frame in head {
+                sink.one(client, frame);
+            }
+            self.anchor(epoch.clone(), covered);
+            return Joined::Live;
+        };
+        if *epoch != current {
+            // The read and the stream disagree (history was reset in
+            // between): the client is told where the stream it gets stands.
+            self.joiners.swap_remove(i);
+            for frame in head {
+                sink.one(client, frame);
+            }
+            sink.one(client, &frame::lost(channel, &current, last));
+            return Joined::Live;
+        }
         let items = match &mut self.joiners[i].state {
-            JoinState::Buffering { items, .. } => std::mem::take(items),
+            JoinState::Buffering { items, from, .. } => {
+                let reaches = from
+                    .as_ref()
+                    .is_none_or(|(e, o)| e != epoch || *o <= covered);
+                if last > covered && !reaches {
+                    return Joined::Behind;
+                }
+                std::mem::take(items)
+            }
             JoinState::Catching { .. } => Vec::new(),
         };
         for frame in head {
             sink.one(client, frame);
         }
-        let Some((epoch, last)) = self.position.clone() else {
-            self.joiners.swap_remove(i);
-            self.position = Some((read.epoch.clone(), read.offset));
-            return Joined::Live;
-        };
-        if read.epoch != epoch {
-            // The read and the stream disagree (history was reset in
-            // between): the client is told where the stream it gets stands.
-            self.joiners.swap_remove(i);
-            sink.one(client, &frame::lost(channel, &epoch, last));
-            return Joined::Live;
-        }
         for item in items {
-            if item.epoch == read.epoch && item.offset > read.offset {
+            if item.epoch == *epoch && item.offset > covered {
                 sink.one(client, &item.frame);
             }
         }
-        if last >= read.offset {
+        if last >= covered {
             self.joiners.swap_remove(i);
             Joined::Live
         } else {
             self.joiners[i].state = JoinState::Catching {
-                epoch: read.epoch.clone(),
-                until: read.offset,
+                epoch: epoch.clone(),
+                until: covered,
             };
             Joined::Catching
         }
@@ -365,7 +404,7 @@ impl Stream {
         while i < self.joiners.len() {
             let joiner = &mut self.joiners[i];
             match &mut joiner.state {
-                JoinState::Buffering { items, bytes } => {
+                JoinState::Buffering { items, bytes, .. } => {
                     *bytes += item.frame.len();
                     if *bytes > joiner.client.outbox.max_bytes() {
                         let gone = self.joiners.swap_remove(i);
@@ -555,7 +594,8 @@ mod tests {
         let joined = s.finish_join(
             &ch(),
             &c,
-            &read(5, &[], "e1"),
+            &Arc::from("e1"),
+            5,
             &[Bytes::from_static(b"{\"type\":\"reply\"}")],
             &mut r,
         );
@@ -570,7 +610,7 @@ mod tests {
         let mut r = Record::default();
         let c = client(7, 1 << 20);
         s.add_joiner(c.clone());
-        let joined = s.finish_join(&ch(), &c, &read(5, &[], "e1"), &[], &mut r);
+        let joined = s.finish_join(&ch(), &c, &Arc::from("e1"), 5, &[], &mut r);
         assert_eq!(joined, Joined::Catching);
         for o in [4, 5, 6] {
             s.publication(&ch(), p(o), true, &mut r);
@@ -593,12 +633,41 @@ mod tests {
         s.publication(&ch(), p(5), false, &mut r);
         assert!(r.live.is_empty() && r.one.is_empty());
         assert_eq!(
-            s.finish_join(&ch(), &c, &read(5, &[], "e1"), &[], &mut r),
+            s.finish_join(&ch(), &c, &Arc::from("e1"), 5, &[], &mut r),
             Joined::Live
         );
         // The caller adds it to the live ones, then resumes.
         s.resume(&ch(), &mut r);
         assert_eq!(r.live, ["pub 6"]);
+    }
+
+    #[test]
+    fn a_joiner_whose_read_is_behind_a_position_set_by_another_read_reads_again() {
+        let mut s = Stream::default();
+        let mut r = Record::default();
+        let (a, b) = (client(1, 1 << 20), client(2, 1 << 20));
+        s.add_joiner(a.clone());
+        s.add_joiner(b.clone());
+        // 4 and 5 arrive while both read, before the stream has a position.
+        s.publication(&ch(), p(4), false, &mut r);
+        s.publication(&ch(), p(5), false, &mut r);
+        let e: Arc<str> = Arc::from("e1");
+        // b's read saw 5: the stream starts there, and 4 and 5 are gone.
+        assert_eq!(s.finish_join(&ch(), &b, &e, 5, &[], &mut r), Joined::Live);
+        // a's read saw only 3: its buffer has nothing before 5, so it must
+        // read again, and nothing was queued for it.
+        assert_eq!(s.finish_join(&ch(), &a, &e, 3, &[], &mut r), Joined::Behind);
+        assert!(r.one.iter().all(|(k, _)| *k != 1));
+        s.publication(&ch(), p(6), true, &mut r);
+        // Its second read covers up to 5; 6 came through its buffer.
+        assert_eq!(s.finish_join(&ch(), &a, &e, 5, &[], &mut r), Joined::Live);
+        let got: Vec<_> = r
+            .one
+            .iter()
+            .filter(|(k, _)| *k == 1)
+            .map(|(_, f)| f.as_str())
+            .collect();
+        assert_eq!(got, ["pub 6"]);
     }
 
     #[test]

@@ -514,7 +514,25 @@ fn last_position(log: &Log, channel: &ChannelName) -> Option<StreamPosition> {
 fn check_sessions(log: &Log, channel: &ChannelName, total: u64) {
     let mut next: Option<u64> = None;
     let mut last_seen: Option<u64> = None;
-    for f in &log.0 {
+    // The frames up to the one being checked, for a failure's message.
+    let context = |i: usize| {
+        log.0[i.saturating_sub(12)..=i]
+            .iter()
+            .map(|f| match f["type"].as_str() {
+                Some(t) => format!("{t} {}", f["offset"]),
+                None => format!(
+                    "reply {} at {} recovered {} {}",
+                    f["id"],
+                    f["result"]["offset"],
+                    f["result"]["recovered"],
+                    f["result"]["publications"]
+                        .as_array()
+                        .map_or(0, |l| l.len())
+                ),
+            })
+            .collect::<Vec<_>>()
+    };
+    for (i, f) in log.0.iter().enumerate() {
         if let Some(id) = f["id"].as_u64() {
             assert_eq!(f["ok"], true, "{f}");
             if id % 2 == 1 {
@@ -547,8 +565,10 @@ fn check_sessions(log: &Log, channel: &ChannelName, total: u64) {
         let offset = f["offset"].as_u64().expect("offset");
         let want = next.unwrap_or_else(|| panic!("pub {offset} outside a subscription"));
         assert_eq!(
-            offset, want,
-            "each subscriber sees a contiguous, duplicate-free range"
+            offset,
+            want,
+            "each subscriber sees a contiguous, duplicate-free range: {:?}",
+            context(i)
         );
         next = Some(offset + 1);
         last_seen = Some(offset);
