@@ -966,6 +966,66 @@ mod tests {
         assert_eq!(hub.channel_count(), 1);
     }
 
+    fn publication(channel: &ChannelName, offset: u64) -> Arc<Publication> {
+        Arc::new(Publication::new(
+            channel.clone(),
+            offset,
+            Arc::from("e"),
+            Bytes::from_static(b"1"),
+            None,
+        ))
+    }
+
+    fn offsets(client: &ClientHandle) -> Vec<u64> {
+        client
+            .outbox
+            .take()
+            .0
+            .into_iter()
+            .filter_map(|o| match o {
+                crate::client::Out::Frame(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                    .ok()
+                    .and_then(|v| v["offset"].as_u64()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_personal_channel_keeps_order_and_its_stream_lives_only_while_someone_listens() {
+        let hub = Hub::new();
+        let own = ChannelName::personal("a").expect("valid");
+        let (a1, a2) = (client(1, "a", 1 << 20), client(2, "a", 1 << 20));
+        for c in [&a1, &a2] {
+            hub.add_client(c, 10, 10).expect("added");
+            hub.subscribe(&own, c);
+        }
+        assert!(
+            hub.users.iter().all(|s| s.lock().1.is_empty()),
+            "no stream while idle"
+        );
+        // The first publication places the stream; a later one that comes
+        // early waits for the one before it.
+        let (out, gaps) = hub.publication(&publication(&own, 7));
+        assert_eq!((out.delivered, gaps.len()), (2, 0));
+        let (out, gaps) = hub.publication(&publication(&own, 9));
+        assert_eq!((out.delivered, gaps), (0, vec![StreamKey::Own]));
+        let (out, _) = hub.publication(&publication(&own, 8));
+        assert_eq!(out.delivered, 4);
+        let (out, _) = hub.publication(&publication(&own, 8));
+        assert_eq!(out.delivered, 0, "a duplicate is dropped");
+        assert_eq!(offsets(&a1), [7, 8, 9]);
+        assert_eq!(offsets(&a2), [7, 8, 9]);
+        for c in [&a1, &a2] {
+            hub.remove_client(c);
+            assert_eq!(hub.leave(&own, c), Some(true));
+        }
+        assert!(
+            hub.users.iter().all(|s| s.lock().1.is_empty()),
+            "the stream is gone"
+        );
+    }
+
     #[test]
     fn the_user_index_follows_connections_in_any_order() {
         let hub = Hub::new();
