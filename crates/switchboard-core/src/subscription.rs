@@ -398,7 +398,11 @@ impl Stream {
 
     /// Hands `item` to every subscriber and moves the position.
     fn emit(&mut self, _channel: &ChannelName, item: Item, sink: &mut impl Sink) {
-        self.position = Some((item.epoch.clone(), item.offset));
+        match &mut self.position {
+            // The common case: same epoch, no reference count touched.
+            Some((epoch, offset)) if *epoch == item.epoch => *offset = item.offset,
+            position => *position = Some((item.epoch.clone(), item.offset)),
+        }
         sink.live(&item.frame);
         let mut i = 0;
         while i < self.joiners.len() {
