@@ -189,13 +189,15 @@ impl Hub {
         ((hash >> 40) as usize % SHARDS, hash)
     }
 
-    /// Adds a client, unless the node or its user is at the limit.
+    /// Adds a client, unless the node or its user is at the limit; true
+    /// when it is its user's first connection on this node (decided under
+    /// the user's lock, so two first connections at once cannot both miss it).
     pub fn add_client(
         &self,
         client: &Arc<ClientHandle>,
         max_connections: usize,
         max_per_user: usize,
-    ) -> Result<(), AddError> {
+    ) -> Result<bool, AddError> {
         if self.connections.fetch_add(1, Ordering::AcqRel) >= max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(AddError::NodeFull);
@@ -204,11 +206,11 @@ impl Hub {
         let added = self.users[shard]
             .lock()
             .add(hash, client, max_per_user, &self.hasher);
-        if !added {
+        let Some(first) = added else {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(AddError::UserFull);
-        }
-        Ok(())
+        };
+        Ok(first)
     }
 
     /// Removes a client from the user index (not from channels); a second
@@ -772,13 +774,13 @@ mod tests {
     #[test]
     fn per_user_and_node_limits_hold() {
         let hub = Hub::new();
-        assert_eq!(hub.add_client(&client(1, "a", 10), 3, 2), Ok(()));
-        assert_eq!(hub.add_client(&client(2, "a", 10), 3, 2), Ok(()));
+        assert_eq!(hub.add_client(&client(1, "a", 10), 3, 2), Ok(true));
+        assert_eq!(hub.add_client(&client(2, "a", 10), 3, 2), Ok(false));
         assert_eq!(
             hub.add_client(&client(3, "a", 10), 3, 2),
             Err(AddError::UserFull)
         );
-        assert_eq!(hub.add_client(&client(4, "b", 10), 3, 2), Ok(()));
+        assert_eq!(hub.add_client(&client(4, "b", 10), 3, 2), Ok(true));
         assert_eq!(
             hub.add_client(&client(5, "c", 10), 3, 2),
             Err(AddError::NodeFull)

@@ -232,7 +232,7 @@ impl Node {
             self.opts.send_queue_max_bytes,
             self.now_ms(),
         ));
-        self.hub.add_client(
+        let first = self.hub.add_client(
             &client,
             self.opts.max_connections,
             self.opts.max_connections_per_user,
@@ -248,7 +248,7 @@ impl Node {
             client.subscriptions.lock().insert(&client.user, &personal);
             self.hub.subscribe(&personal, &client);
             self.metrics.subscriptions.inc();
-            if self.hub.user_connection_count(&client.user) == 1 {
+            if first {
                 self.broker_subscribe_now(personal);
             }
         }

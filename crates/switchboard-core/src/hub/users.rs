@@ -100,27 +100,28 @@ impl Users {
     }
 
     /// Adds `client` (whose user hashes to `hash`) unless its user already
-    /// has `max_per_user` connections; false when it was full.
+    /// has `max_per_user` connections: `None` when it was full, else whether
+    /// it is the user's first connection here.
     pub(super) fn add(
         &mut self,
         hash: u64,
         client: &Arc<ClientHandle>,
         max_per_user: usize,
         hasher: &RandomState,
-    ) -> bool {
+    ) -> Option<bool> {
         match self.0.find_mut(hash, |e| e.user() == &*client.user) {
-            Some(list) if list.as_slice().len() >= max_per_user => false,
+            Some(list) if list.as_slice().len() >= max_per_user => None,
             Some(list) => {
                 list.push(client.clone());
-                true
+                Some(false)
             }
-            None if max_per_user == 0 => false,
+            None if max_per_user == 0 => None,
             None => {
                 self.0
                     .insert_unique(hash, UserClients::One(client.clone()), |e| {
                         hasher.hash_one(e.user())
                     });
-                true
+                Some(true)
             }
         }
     }
