@@ -1,29 +1,55 @@
-//! The [`Broker`] role: it orders a channel's publications (next offset,
-//! history append and delivery in one step) and hands each one to every node
-//! through [`BrokerEvents`]. [`MemoryBroker`] does it inside one process, on
-//! the same callback path a distributed broker uses, so one node and many
-//! share one publish path.
+//! The [`Broker`] role: it assigns a channel's offsets, stores its
+//! publications and hands each one to every node subscribed to the channel
+//! through [`BrokerEvents`]. It promises nothing about delivery order: the
+//! node's streams ([`crate::subscription`]) drop duplicates, reorder and fill
+//! holes from history, once, for every broker. [`MemoryBroker`] does it inside
+//! one process, through that same path.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use parking_lot::Mutex;
 use switchboard_protocol::{ChannelName, Publication, StreamPosition};
 
 use crate::history::{
     HistoryError, HistoryQuery, HistoryRead, HistoryStore, Retention, Sweep, Swept,
 };
 
-/// What a broker delivers to a node.
+/// What a broker hands a node. Calls for one channel may come out of order,
+/// duplicated, or with gaps: the node's per-channel state drops duplicates,
+/// reorders and fills gaps from history (never the broker). None may block.
 pub trait BrokerEvents: Send + Sync + 'static {
-    /// A publication for the node's subscribers of its channel. Called in
-    /// offset order per channel; must not block.
-    fn on_publication(&self, publication: &Arc<Publication>);
-    /// A push that is not a publication (join, leave) for a channel's subscribers.
-    fn on_push(&self, channel: &ChannelName, frame: &Bytes);
+    /// A publication of a channel this node subscribed to ([`Broker::subscribe`]).
+    fn on_publication(&self, publication: Arc<Publication>);
+    /// A push that is not a publication (join, leave) for the channel's local subscribers.
+    fn on_push(&self, channel: &ChannelName, frame: Bytes);
+    /// A cluster-wide control message (e.g. disconnect a user on every node).
+    fn on_control(&self, message: ControlMessage);
+    /// Publications may have been missed for every subscribed channel (the
+    /// pub/sub connection dropped and came back, broker restart/failover):
+    /// each live channel reads its tail from history and fills its gap.
+    fn on_resync(&self);
+}
+
+/// A message to every node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// Close every connection of `user` on every node with `code`/`reason`.
+    Disconnect {
+        user: String,
+        code: u16,
+        reason: String,
+    },
+}
+
+/// The broker's own view of its health (for /health, /ready and metrics).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BrokerHealth {
+    pub ok: bool,
+    /// The last probe's round trip, if any.
+    pub lag: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,27 +61,24 @@ pub enum BrokerError {
     History(#[from] HistoryError),
 }
 
-/// Called once the subscriber may receive live publications: with the
-/// recovery read, at the point after which every publication reaches it.
-pub type OnJoin = Box<dyn FnOnce(&HistoryRead) + Send>;
-
-/// Where a join found the channel's stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Joined {
-    pub offset: u64,
-    pub epoch: String,
-    pub recovered: bool,
-    /// Publications replayed to the subscriber.
-    pub publications: usize,
-}
-
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
-    /// Binds the node the broker delivers to. Called once, before any publish.
+    /// Binds the node the broker delivers to. Called once, before anything else.
     fn bind(&self, events: Arc<dyn BrokerEvents>);
 
-    /// Assigns the next offset, stores, and delivers to every node. Answers
-    /// only once the publication is stored and handed on.
+    /// Starts delivering `channel`'s publications and pushes to this node. The
+    /// node calls it when its first local subscriber arrives, and awaits it
+    /// before reading history for that subscriber: once it returns, every
+    /// publication stored later reaches `on_publication`. Idempotent;
+    /// reference counting is the node's job.
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError>;
+
+    /// Stops it (the node's last local subscriber left).
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), BrokerError>;
+
+    /// Assigns the next offset, stores as `retention` says, and hands the
+    /// publication to every subscribed node. Answers only once it is stored;
+    /// `Unavailable` when it cannot, never an acknowledgement followed by a loss.
     async fn publish(
         &self,
         channel: &ChannelName,
@@ -64,10 +87,14 @@ pub trait Broker: Send + Sync + 'static {
         retention: Retention,
     ) -> Result<StreamPosition, BrokerError>;
 
-    /// Delivers a non-publication push to the channel's subscribers on every node.
+    /// A non-publication push to the channel's subscribers on every node.
     async fn push(&self, channel: &ChannelName, frame: Bytes) -> Result<(), BrokerError>;
 
-    /// Reads stored publications.
+    /// A control message to every node (this one included).
+    async fn control(&self, message: ControlMessage) -> Result<(), BrokerError>;
+
+    /// Stored publications (recovery, history, gap filling). Same `recovered`
+    /// rules as [`HistoryStore::read`] (whole range and same epoch, or false).
     async fn history(
         &self,
         channel: &ChannelName,
@@ -75,23 +102,18 @@ pub trait Broker: Send + Sync + 'static {
         retention: Retention,
     ) -> Result<HistoryRead, BrokerError>;
 
-    /// Reads what was missed since `since` (or just the position) and calls
-    /// `on_join` so that no publication falls between the read and live delivery.
-    async fn join(
-        &self,
-        channel: &ChannelName,
-        since: Option<StreamPosition>,
-        retention: Retention,
-        on_join: OnJoin,
-    ) -> Result<Joined, BrokerError>;
+    fn health(&self) -> BrokerHealth {
+        BrokerHealth {
+            ok: true,
+            lag: None,
+        }
+    }
 
     /// Periodic housekeeping: applies retention to streams nobody touches.
     fn sweep(&self, _pass: &Sweep<'_>) -> Swept {
         Swept::default()
     }
 }
-
-const SHARDS: usize = 64;
 
 /// Runs a step that waits on the disk (an fsync) without stalling the other
 /// tasks of its worker thread, where the runtime allows it.
@@ -104,15 +126,13 @@ fn blocking<T>(step: impl FnOnce() -> T) -> T {
     }
 }
 
-/// The single-process broker: history from a [`HistoryStore`], delivery
-/// straight to the bound node.
+/// The single-process broker: offsets and storage from a [`HistoryStore`],
+/// delivery straight to the bound node. It holds no lock of its own: the
+/// store orders offsets, and concurrent publishers may hand their
+/// publications to the node in any order (the node's streams put them back).
+/// It delivers every channel to its one node, so `subscribe` has nothing to do.
 pub struct MemoryBroker {
     history: Arc<dyn HistoryStore>,
-    hasher: RandomState,
-    /// Per-shard publish lock: holding it across offset, append and delivery
-    /// is what makes delivery order equal offset order. A std-style mutex
-    /// because nothing awaits under it.
-    locks: Box<[Mutex<()>]>,
     events: OnceLock<Arc<dyn BrokerEvents>>,
 }
 
@@ -126,14 +146,8 @@ impl MemoryBroker {
     pub fn new(history: Arc<dyn HistoryStore>) -> Self {
         MemoryBroker {
             history,
-            hasher: RandomState::new(),
-            locks: (0..SHARDS).map(|_| Mutex::new(())).collect(),
             events: OnceLock::new(),
         }
-    }
-
-    fn lock(&self, channel: &ChannelName) -> parking_lot::MutexGuard<'_, ()> {
-        self.locks[(self.hasher.hash_one(channel) as usize) % SHARDS].lock()
     }
 
     fn events(&self) -> Result<&Arc<dyn BrokerEvents>, BrokerError> {
@@ -149,6 +163,14 @@ impl Broker for MemoryBroker {
         let _ = self.events.set(events);
     }
 
+    async fn subscribe(&self, _channel: &ChannelName) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn unsubscribe(&self, _channel: &ChannelName) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
     async fn publish(
         &self,
         channel: &ChannelName,
@@ -157,25 +179,29 @@ impl Broker for MemoryBroker {
         retention: Retention,
     ) -> Result<StreamPosition, BrokerError> {
         let events = self.events()?;
-        let step = || {
-            let _order = self.lock(channel);
-            let publication = self.history.append(channel, data, from, retention)?;
-            events.on_publication(&publication);
-            Ok(StreamPosition {
-                offset: publication.offset,
-                epoch: publication.epoch.to_string(),
-            })
-        };
-        if self.history.blocks() {
-            blocking(step)
+        let append = || self.history.append(channel, data, from, retention);
+        // The store answers once the publication is durable (its fsync is
+        // shared with concurrent appends); no lock is held meanwhile.
+        let publication = if self.history.blocks() {
+            blocking(append)
         } else {
-            step()
-        }
+            append()
+        }?;
+        let position = StreamPosition {
+            offset: publication.offset,
+            epoch: publication.epoch.to_string(),
+        };
+        events.on_publication(publication);
+        Ok(position)
     }
 
     async fn push(&self, channel: &ChannelName, frame: Bytes) -> Result<(), BrokerError> {
-        let events = self.events()?;
-        events.on_push(channel, &frame);
+        self.events()?.on_push(channel, frame);
+        Ok(())
+    }
+
+    async fn control(&self, message: ControlMessage) -> Result<(), BrokerError> {
+        self.events()?.on_control(message);
         Ok(())
     }
 
@@ -186,28 +212,6 @@ impl Broker for MemoryBroker {
         retention: Retention,
     ) -> Result<HistoryRead, BrokerError> {
         Ok(self.history.read(channel, query, retention)?)
-    }
-
-    async fn join(
-        &self,
-        channel: &ChannelName,
-        since: Option<StreamPosition>,
-        retention: Retention,
-        on_join: OnJoin,
-    ) -> Result<Joined, BrokerError> {
-        let query = HistoryQuery {
-            limit: if since.is_some() { None } else { Some(0) },
-            since,
-        };
-        let _order = self.lock(channel);
-        let read = self.history.read(channel, &query, retention)?;
-        on_join(&read);
-        Ok(Joined {
-            offset: read.offset,
-            epoch: read.epoch.to_string(),
-            recovered: read.recovered,
-            publications: read.publications.len(),
-        })
     }
 
     fn sweep(&self, pass: &Sweep<'_>) -> Swept {

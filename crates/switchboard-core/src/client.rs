@@ -167,6 +167,11 @@ impl Outbox {
     pub fn queued_bytes(&self) -> usize {
         self.state.lock().bytes
     }
+
+    /// The byte bound past which the client is closed as slow.
+    pub fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
 }
 
 fn wake(waker: Option<Waker>) {
@@ -296,12 +301,24 @@ impl ClientClaims {
 /// The channels a client is in. Its own personal channel, which every client
 /// starts in, is a flag rather than an entry: an idle client's set holds no
 /// memory.
+///
+/// A channel is *pending* while its subscribe is under way (its join push not
+/// yet sent): a removal then leaves the leave push to that subscribe, so a
+/// join is never sent after its leave.
 #[derive(Debug, Default)]
 pub(crate) struct Subscriptions {
-    personal: bool,
+    personal: Membership,
     /// A vector rather than a set: it is bounded by `max_channels_per_client`
-    /// and smaller in every client.
-    others: Vec<ChannelName>,
+    /// and smaller in every client. The flag: still pending.
+    others: Vec<(ChannelName, bool)>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    #[default]
+    Out,
+    Pending,
+    In,
 }
 
 impl Subscriptions {
@@ -309,23 +326,57 @@ impl Subscriptions {
         channel.personal_owner() == Some(user)
     }
 
-    /// Adds `channel`; false when it was already there.
+    /// Adds `channel`, in; false when it was already there.
     pub(crate) fn insert(&mut self, user: &str, channel: &ChannelName) -> bool {
+        self.add(user, channel, false)
+    }
+
+    /// Adds `channel` as pending; false when it was already there.
+    pub(crate) fn insert_pending(&mut self, user: &str, channel: &ChannelName) -> bool {
+        self.add(user, channel, true)
+    }
+
+    fn add(&mut self, user: &str, channel: &ChannelName, pending: bool) -> bool {
         if Self::is_own(user, channel) {
-            !std::mem::replace(&mut self.personal, true)
-        } else if self.others.contains(channel) {
+            if self.personal != Membership::Out {
+                return false;
+            }
+            self.personal = if pending {
+                Membership::Pending
+            } else {
+                Membership::In
+            };
+            true
+        } else if self.others.iter().any(|(c, _)| c == channel) {
             false
         } else {
-            self.others.push(channel.clone());
+            self.others.push((channel.clone(), pending));
             true
+        }
+    }
+
+    /// A pending channel's subscribe is done: a removal now sends its leave.
+    /// False when it is not there (a removal took it).
+    pub(crate) fn confirm(&mut self, user: &str, channel: &ChannelName) -> bool {
+        if Self::is_own(user, channel) {
+            if self.personal == Membership::Out {
+                return false;
+            }
+            self.personal = Membership::In;
+            true
+        } else if let Some(entry) = self.others.iter_mut().find(|(c, _)| c == channel) {
+            entry.1 = false;
+            true
+        } else {
+            false
         }
     }
 
     /// Removes `channel`; false when it was not there.
     pub(crate) fn remove(&mut self, user: &str, channel: &ChannelName) -> bool {
         if Self::is_own(user, channel) {
-            std::mem::replace(&mut self.personal, false)
-        } else if let Some(i) = self.others.iter().position(|c| c == channel) {
+            std::mem::take(&mut self.personal) != Membership::Out
+        } else if let Some(i) = self.others.iter().position(|(c, _)| c == channel) {
             self.others.swap_remove(i);
             true
         } else {
@@ -335,25 +386,34 @@ impl Subscriptions {
 
     pub(crate) fn contains(&self, user: &str, channel: &ChannelName) -> bool {
         if Self::is_own(user, channel) {
-            self.personal
+            self.personal != Membership::Out
         } else {
-            self.others.contains(channel)
+            self.others.iter().any(|(c, _)| c == channel)
         }
     }
 
-    /// The channels other than the personal one.
-    pub(crate) fn others(&self) -> &[ChannelName] {
-        &self.others
+    /// The channels other than the personal one whose subscribe is done
+    /// (a pending one is left to its subscribe).
+    pub(crate) fn others(&self) -> impl Iterator<Item = &ChannelName> {
+        self.others
+            .iter()
+            .filter(|(_, pending)| !pending)
+            .map(|(c, _)| c)
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.others.len() + usize::from(self.personal)
+        self.others.len() + usize::from(self.personal != Membership::Out)
     }
 
-    /// Empties the set, returning what it held.
+    /// Empties the set, returning the channels whose subscribe is done
+    /// (pending ones are left to their subscribe).
     pub(crate) fn drain(&mut self, user: &str) -> Vec<ChannelName> {
-        let mut all = std::mem::take(&mut self.others);
-        if std::mem::take(&mut self.personal)
+        let mut all: Vec<ChannelName> = std::mem::take(&mut self.others)
+            .into_iter()
+            .filter(|(_, pending)| !pending)
+            .map(|(c, _)| c)
+            .collect();
+        if std::mem::take(&mut self.personal) == Membership::In
             && let Ok(own) = ChannelName::personal(user)
         {
             all.push(own);

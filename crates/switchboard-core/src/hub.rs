@@ -1,9 +1,13 @@
-//! The node's indexes of who is connected and who listens where.
+//! The node's indexes of who is connected and who listens where, with each
+//! channel's [`Stream`] (its position on this node, held publications and
+//! joining subscribers).
 //!
 //! Each index is split into shards, each behind its own `parking_lot` mutex, so
 //! that one busy channel or many small ones do not serialize on one lock. Locks
 //! are held only to read or change the index and to push onto outboxes (which
-//! never waits): never across an `.await`.
+//! never waits): never across an `.await`. History reads happen outside, in
+//! the node; their results come back through [`Hub::finish_join`] and
+//! [`Hub::fill`].
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -12,16 +16,105 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use hashbrown::HashTable;
 use parking_lot::Mutex;
-use switchboard_protocol::ChannelName;
+use switchboard_protocol::{ChannelName, Publication};
 
 use crate::client::{ClientHandle, PushError};
+use crate::history::HistoryRead;
+use crate::subscription::{Gap, Joined, Sink, Stream};
+
+mod users;
+use users::{UserClients, Users, is_sparse};
 
 const SHARDS: usize = 64;
 
 type Subscribers = HashMap<u64, Arc<ClientHandle>>;
 type Shards<T> = Box<[Mutex<T>]>;
+
+/// A channel with local subscribers (live or joining).
+#[derive(Debug, Default)]
+struct Channel {
+    /// Live subscribers: each is at the stream's position.
+    subscribers: Subscribers,
+    stream: Stream,
+    /// The node's broker subscription to it is confirmed.
+    broker: bool,
+}
+
+impl Channel {
+    fn is_empty(&self) -> bool {
+        self.subscribers.is_empty() && !self.stream.has_joiners()
+    }
+}
+
+/// Which of a channel's streams: a personal channel's owner's connections
+/// are served from the user index, anyone else from a channel entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StreamKey {
+    Own,
+    Shared,
+}
+
+/// How a subscribe started.
+#[derive(Debug)]
+pub(crate) enum Begin {
+    /// The channel's position was known and no recovery was asked: the
+    /// client is live and its reply queued.
+    Live(BroadcastOutcome),
+    /// The client buffers; the node reads history and calls `finish_join`.
+    /// `broker_subscribe`: the node's broker subscription is not confirmed yet.
+    Joining { broker_subscribe: bool },
+}
+
+/// The live subscribers a stream's items go to, and what happened.
+struct Fanout<'a> {
+    live: Live<'a>,
+    out: &'a mut BroadcastOutcome,
+    promoted: Vec<Arc<ClientHandle>>,
+}
+
+enum Live<'a> {
+    Channel(&'a Subscribers),
+    /// A user's connections that listen on their personal channel.
+    Own(Option<&'a UserClients>),
+}
+
+impl Sink for Fanout<'_> {
+    fn live(&mut self, frame: &Bytes) {
+        match self.live {
+            Live::Channel(subs) => {
+                for client in subs.values() {
+                    self.out.push(client, frame);
+                }
+            }
+            Live::Own(Some(list)) => {
+                for client in list.as_slice() {
+                    if client.personal.load(Ordering::Relaxed) {
+                        self.out.push(client, frame);
+                    }
+                }
+            }
+            Live::Own(None) => {}
+        }
+        for client in &self.promoted {
+            self.out.push(client, frame);
+        }
+    }
+
+    fn one(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
+        self.out.push(client, frame);
+    }
+
+    fn promote(&mut self, client: Arc<ClientHandle>) {
+        self.promoted.push(client);
+    }
+
+    fn overflowed(&mut self, client: Arc<ClientHandle>) {
+        if client.outbox.close(crate::disconnect::Disconnect::SLOW) {
+            self.out.overflowed.push(client);
+        }
+    }
+}
 
 /// Why a client could not be added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +125,7 @@ pub enum AddError {
 
 /// What one broadcast did.
 #[derive(Debug, Default)]
+#[must_use]
 pub struct BroadcastOutcome {
     pub delivered: usize,
     /// Clients whose outbox overflowed: the caller closes them as slow.
@@ -41,7 +135,7 @@ pub struct BroadcastOutcome {
 }
 
 impl BroadcastOutcome {
-    fn push(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
+    pub(crate) fn push(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
         match client.outbox.push(frame.clone()) {
             Ok(()) => self.delivered += 1,
             Err(PushError::Overflow(n)) => {
@@ -53,125 +147,10 @@ impl BroadcastOutcome {
     }
 }
 
-/// A user's connections on this node: most users have one, kept inline (no
-/// allocation); more go to a boxed vector, so the entry stays two words.
-#[derive(Debug)]
-enum UserClients {
-    One(Arc<ClientHandle>),
-    // Boxed so that the entry of the common `One` case stays two words.
-    #[allow(clippy::box_collection)]
-    Many(Box<Vec<Arc<ClientHandle>>>),
-}
-
-impl UserClients {
-    fn as_slice(&self) -> &[Arc<ClientHandle>] {
-        match self {
-            UserClients::One(c) => std::slice::from_ref(c),
-            UserClients::Many(v) => v,
-        }
-    }
-
-    /// The user, read from a connection: the table stores no key of its own.
-    fn user(&self) -> &str {
-        match self {
-            UserClients::One(c) => &c.user,
-            // A `Many` always holds two or more (see `remove`).
-            UserClients::Many(v) => v.first().map_or("", |c| &c.user),
-        }
-    }
-
-    fn push(&mut self, client: Arc<ClientHandle>) {
-        match self {
-            UserClients::One(first) => {
-                *self = UserClients::Many(Box::new(vec![first.clone(), client]));
-            }
-            UserClients::Many(v) => v.push(client),
-        }
-    }
-
-    /// Removes the client with `key`: `None` when it was not there, else
-    /// whether none is left.
-    fn remove(&mut self, key: u64) -> Option<bool> {
-        match self {
-            UserClients::One(c) => (c.key == key).then_some(true),
-            UserClients::Many(v) => {
-                let i = v.iter().position(|c| c.key == key)?;
-                v.swap_remove(i);
-                if v.len() == 1
-                    && let Some(last) = v.pop()
-                {
-                    *self = UserClients::One(last);
-                }
-                Some(false)
-            }
-        }
-    }
-}
-
-/// One shard of the user index: entries hashed by user with the hub's
-/// hasher, the key read from the entry's connections.
-#[derive(Debug, Default)]
-struct Users(HashTable<UserClients>);
-
-impl Users {
-    fn get(&self, hash: u64, user: &str) -> Option<&UserClients> {
-        self.0.find(hash, |e| e.user() == user)
-    }
-
-    /// Adds `client` (whose user hashes to `hash`) unless its user already
-    /// has `max_per_user` connections; false when it was full.
-    fn add(
-        &mut self,
-        hash: u64,
-        client: &Arc<ClientHandle>,
-        max_per_user: usize,
-        hasher: &RandomState,
-    ) -> bool {
-        match self.0.find_mut(hash, |e| e.user() == &*client.user) {
-            Some(list) if list.as_slice().len() >= max_per_user => false,
-            Some(list) => {
-                list.push(client.clone());
-                true
-            }
-            None if max_per_user == 0 => false,
-            None => {
-                self.0
-                    .insert_unique(hash, UserClients::One(client.clone()), |e| {
-                        hasher.hash_one(e.user())
-                    });
-                true
-            }
-        }
-    }
-
-    /// Removes `client`; false when it was not there. Gives memory back once
-    /// the table is mostly empty (after a crowd left).
-    fn remove(&mut self, hash: u64, client: &ClientHandle, hasher: &RandomState) -> bool {
-        let Ok(mut entry) = self.0.find_entry(hash, |e| e.user() == &*client.user) else {
-            return false;
-        };
-        let Some(emptied) = entry.get_mut().remove(client.key) else {
-            return false;
-        };
-        if emptied {
-            entry.remove();
-            if is_sparse(self.0.len(), self.0.capacity()) {
-                self.0.shrink_to_fit(|e| hasher.hash_one(e.user()));
-            }
-        }
-        true
-    }
-}
-
-/// A table worth shrinking: mostly empty, and not small.
-fn is_sparse(len: usize, capacity: usize) -> bool {
-    capacity > 64 && len * 4 < capacity
-}
-
 #[derive(Debug)]
 pub struct Hub {
     hasher: RandomState,
-    channels: Shards<HashMap<ChannelName, Subscribers>>,
+    channels: Shards<HashMap<ChannelName, Channel>>,
     /// Every client, by user: also how the node enumerates its clients.
     users: Shards<Users>,
     connections: AtomicUsize,
@@ -210,13 +189,15 @@ impl Hub {
         ((hash >> 40) as usize % SHARDS, hash)
     }
 
-    /// Adds a client, unless the node or its user is at the limit.
+    /// Adds a client, unless the node or its user is at the limit; true
+    /// when it is its user's first connection on this node (decided under
+    /// the user's lock, so two first connections at once cannot both miss it).
     pub fn add_client(
         &self,
         client: &Arc<ClientHandle>,
         max_connections: usize,
         max_per_user: usize,
-    ) -> Result<(), AddError> {
+    ) -> Result<bool, AddError> {
         if self.connections.fetch_add(1, Ordering::AcqRel) >= max_connections {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(AddError::NodeFull);
@@ -225,11 +206,11 @@ impl Hub {
         let added = self.users[shard]
             .lock()
             .add(hash, client, max_per_user, &self.hasher);
-        if !added {
+        let Some(first) = added else {
             self.connections.fetch_sub(1, Ordering::AcqRel);
             return Err(AddError::UserFull);
-        }
-        Ok(())
+        };
+        Ok(first)
     }
 
     /// Removes a client from the user index (not from channels); a second
@@ -241,23 +222,31 @@ impl Hub {
         }
     }
 
-    /// Adds `client` to `channel`; false when it was already there.
+    /// Adds `client` to `channel` as a live subscriber without a position of
+    /// its own (a connection's personal channel: it starts at the first
+    /// publication that reaches it); false when it was already there.
     pub fn subscribe(&self, channel: &ChannelName, client: &Arc<ClientHandle>) -> bool {
         if channel.personal_owner() == Some(&*client.user) {
             // Served from the user index: a flag, not a channel entry.
-            let _users = self.users[self.user_slot(&client.user).0].lock();
-            let added = !client.personal.swap(true, Ordering::Relaxed);
+            let mut users = self.users[self.user_slot(&client.user).0].lock();
+            let joining = users
+                .1
+                .get_mut(&*client.user)
+                .is_some_and(|s| s.remove_joiner(client.key));
+            let added = !client.personal.swap(true, Ordering::Relaxed) && !joining;
             if added {
                 self.subscriptions.fetch_add(1, Ordering::Relaxed);
             }
             return added;
         }
-        let added = self.channels[self.shard(channel)]
-            .lock()
-            .entry(channel.clone())
-            .or_default()
+        let mut shard = self.channels[self.shard(channel)].lock();
+        let entry = shard.entry(channel.clone()).or_default();
+        let joining = entry.stream.remove_joiner(client.key);
+        let added = entry
+            .subscribers
             .insert(client.key, client.clone())
-            .is_none();
+            .is_none()
+            && !joining;
         if added {
             self.subscriptions.fetch_add(1, Ordering::Relaxed);
         }
@@ -266,36 +255,380 @@ impl Hub {
 
     /// Removes `client` from `channel`; false when it was not there.
     pub fn unsubscribe(&self, channel: &ChannelName, client: &ClientHandle) -> bool {
-        if channel.personal_owner() == Some(&*client.user) {
-            let _users = self.users[self.user_slot(&client.user).0].lock();
-            let removed = client.personal.swap(false, Ordering::Relaxed);
-            if removed {
-                self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-            }
-            return removed;
-        }
-        let mut shard = self.channels[self.shard(channel)].lock();
-        let Some(subs) = shard.get_mut(channel) else {
-            return false;
-        };
-        let removed = subs.remove(&client.key).is_some();
-        // Memory goes back once a table is mostly empty.
-        if is_sparse(subs.len(), subs.capacity()) {
-            subs.shrink_to_fit();
-        }
-        if subs.is_empty() {
-            shard.remove(channel);
-            if is_sparse(shard.len(), shard.capacity()) {
-                shard.shrink_to_fit();
-            }
-        }
-        if removed {
-            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-        }
-        removed
+        self.leave(channel, client).is_some()
     }
 
-    /// Pushes `frame` (encoded once, shared) to every subscriber of `channel`.
+    /// Removes `client` from `channel` (live or joining): `None` when it was
+    /// not there, else whether the channel has no channel entry left (a
+    /// personal channel's broker subscription follows its owner's
+    /// connections instead).
+    pub(crate) fn leave(&self, channel: &ChannelName, client: &ClientHandle) -> Option<bool> {
+        let mut removed = false;
+        let mut last = true;
+        if let Some(owner) = channel.personal_owner() {
+            let (shard, hash) = self.user_slot(owner);
+            let mut users = self.users[shard].lock();
+            if owner == &*client.user {
+                removed |= client.personal.swap(false, Ordering::Relaxed);
+            }
+            removed |= users
+                .1
+                .get_mut(owner)
+                .is_some_and(|s| s.remove_joiner(client.key));
+            users.tidy(hash, owner);
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        if let Some(entry) = shard.get_mut(channel) {
+            removed |= entry.subscribers.remove(&client.key).is_some();
+            removed |= entry.stream.remove_joiner(client.key);
+            // Memory goes back once a table is mostly empty.
+            if is_sparse(entry.subscribers.len(), entry.subscribers.capacity()) {
+                entry.subscribers.shrink_to_fit();
+            }
+            if entry.is_empty() {
+                shard.remove(channel);
+                if is_sparse(shard.len(), shard.capacity()) {
+                    shard.shrink_to_fit();
+                }
+            } else {
+                last = false;
+            }
+        }
+        if !removed {
+            return None;
+        }
+        self.subscriptions.fetch_sub(1, Ordering::Relaxed);
+        Some(last)
+    }
+
+    /// Starts a subscribe. Without `recover`, on a channel whose position is
+    /// known, the client goes live at once and `reply` (given the position)
+    /// is queued under the lock, before any later publication. Otherwise it
+    /// joins as a buffering subscriber (a live one stops being live until its
+    /// join ends, so its recovery and live publications stay in order).
+    pub(crate) fn begin_join(
+        &self,
+        channel: &ChannelName,
+        client: &Arc<ClientHandle>,
+        recover: bool,
+        reply: impl FnOnce(&str, u64) -> Option<Bytes>,
+    ) -> Begin {
+        let mut out = BroadcastOutcome::default();
+        if channel.personal_owner() == Some(&*client.user) {
+            let (shard, _) = self.user_slot(&client.user);
+            let mut users = self.users[shard].lock();
+            let stream = users.1.entry(client.user.clone()).or_default();
+            let was_live = client.personal.load(Ordering::Relaxed);
+            if let (false, Some((epoch, offset))) = (recover, stream.position()) {
+                let frame = reply(epoch, offset);
+                if !was_live && !stream.is_joining(client.key) {
+                    self.subscriptions.fetch_add(1, Ordering::Relaxed);
+                }
+                stream.remove_joiner(client.key);
+                if let Some(frame) = frame {
+                    out.push(client, &frame);
+                }
+                client.personal.store(true, Ordering::Relaxed);
+                return Begin::Live(out);
+            }
+            if !was_live && !stream.is_joining(client.key) {
+                self.subscriptions.fetch_add(1, Ordering::Relaxed);
+            }
+            client.personal.store(false, Ordering::Relaxed);
+            stream.add_joiner(client.clone());
+            return Begin::Joining {
+                broker_subscribe: false,
+            };
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        let entry = shard.entry(channel.clone()).or_default();
+        let was_there =
+            entry.subscribers.contains_key(&client.key) || entry.stream.is_joining(client.key);
+        if !was_there {
+            self.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        if entry.broker
+            && !recover
+            && let Some((epoch, offset)) = entry.stream.position()
+        {
+            if let Some(frame) = reply(epoch, offset) {
+                out.push(client, &frame);
+            }
+            entry.stream.remove_joiner(client.key);
+            entry.subscribers.insert(client.key, client.clone());
+            return Begin::Live(out);
+        }
+        entry.subscribers.remove(&client.key);
+        entry.stream.add_joiner(client.clone());
+        Begin::Joining {
+            broker_subscribe: !entry.broker,
+        }
+    }
+
+    /// The node's broker subscription to `channel` is confirmed; false when
+    /// the channel has no local subscriber any more.
+    pub(crate) fn broker_subscribed(&self, channel: &ChannelName) -> bool {
+        match self.channels[self.shard(channel)].lock().get_mut(channel) {
+            Some(entry) => {
+                entry.broker = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the node has local subscribers of `channel` in a channel
+    /// entry (so it needs its broker subscription).
+    pub(crate) fn has_channel(&self, channel: &ChannelName) -> bool {
+        self.channels[self.shard(channel)]
+            .lock()
+            .contains_key(channel)
+    }
+
+    /// Ends a join whose reads cover `epoch` up to `covered` (see
+    /// [`Stream::finish_join`]): `head` is queued first, then what the reads
+    /// did not cover. A client removed meanwhile is dropped instead.
+    pub(crate) fn finish_join(
+        &self,
+        channel: &ChannelName,
+        client: &Arc<ClientHandle>,
+        epoch: &Arc<str>,
+        covered: u64,
+        head: &[Bytes],
+    ) -> (Joined, BroadcastOutcome, Gap) {
+        let mut out = BroadcastOutcome::default();
+        if channel.personal_owner() == Some(&*client.user) {
+            let (shard, hash) = self.user_slot(&client.user);
+            let mut guard = self.users[shard].lock();
+            let users = &mut *guard;
+            let Some(stream) = users.1.get_mut(&*client.user) else {
+                return (Joined::Gone, out, Gap::None);
+            };
+            if client.is_removed() {
+                stream.remove_joiner(client.key);
+                users.tidy(hash, &client.user.clone());
+                return (Joined::Gone, out, Gap::None);
+            }
+            let mut sink = Fanout {
+                live: Live::Own(users.0.find(hash, |e| e.user() == &*client.user)),
+                out: &mut out,
+                promoted: Vec::new(),
+            };
+            let joined = stream.finish_join(channel, client, epoch, covered, head, &mut sink);
+            if joined == Joined::Live {
+                sink.promoted.push(client.clone());
+            }
+            let gap = stream.resume(channel, &mut sink);
+            for c in sink.promoted {
+                c.personal.store(true, Ordering::Relaxed);
+            }
+            return (joined, out, gap);
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        let Some(entry) = shard.get_mut(channel) else {
+            return (Joined::Gone, out, Gap::None);
+        };
+        if client.is_removed() {
+            entry.stream.remove_joiner(client.key);
+            return (Joined::Gone, out, Gap::None);
+        }
+        let Channel {
+            subscribers,
+            stream,
+            ..
+        } = entry;
+        let mut sink = Fanout {
+            live: Live::Channel(subscribers),
+            out: &mut out,
+            promoted: Vec::new(),
+        };
+        let joined = stream.finish_join(channel, client, epoch, covered, head, &mut sink);
+        if joined == Joined::Live {
+            sink.promoted.push(client.clone());
+        }
+        let gap = stream.resume(channel, &mut sink);
+        let promoted = sink.promoted;
+        for c in promoted {
+            subscribers.insert(c.key, c);
+        }
+        (joined, out, gap)
+    }
+
+    /// Hands a publication to `channel`'s streams. Returns what was pushed,
+    /// and which streams now have a hole to fill.
+    pub(crate) fn publication(&self, p: &Arc<Publication>) -> (BroadcastOutcome, Vec<StreamKey>) {
+        let channel = &p.channel;
+        let mut out = BroadcastOutcome::default();
+        let mut gaps = Vec::new();
+        if let Some(owner) = channel.personal_owner() {
+            let (shard, hash) = self.user_slot(owner);
+            let mut guard = self.users[shard].lock();
+            let users = &mut *guard;
+            let list = users.0.find(hash, |e| e.user() == owner);
+            let has_live = list.is_some_and(|l| {
+                l.as_slice()
+                    .iter()
+                    .any(|c| c.personal.load(Ordering::Relaxed))
+            });
+            let stream = match (users.1.get_mut(owner), list) {
+                (Some(s), _) => Some(s),
+                (None, Some(l)) if has_live => {
+                    Some(users.1.entry(l.as_slice()[0].user.clone()).or_default())
+                }
+                _ => None,
+            };
+            if let Some(stream) = stream {
+                let mut sink = Fanout {
+                    live: Live::Own(list),
+                    out: &mut out,
+                    promoted: Vec::new(),
+                };
+                if stream.publication(channel, p.clone(), has_live, &mut sink) == Gap::New {
+                    gaps.push(StreamKey::Own);
+                }
+                for c in sink.promoted {
+                    c.personal.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+        let mut shard = self.channels[self.shard(channel)].lock();
+        if let Some(entry) = shard.get_mut(channel) {
+            let has_live = !entry.subscribers.is_empty();
+            let Channel {
+                subscribers,
+                stream,
+                ..
+            } = entry;
+            let mut sink = Fanout {
+                live: Live::Channel(subscribers),
+                out: &mut out,
+                promoted: Vec::new(),
+            };
+            if stream.publication(channel, p.clone(), has_live, &mut sink) == Gap::New {
+                gaps.push(StreamKey::Shared);
+            }
+            let promoted = sink.promoted;
+            for c in promoted {
+                subscribers.insert(c.key, c);
+            }
+        }
+        (out, gaps)
+    }
+
+    /// Runs `f` on one of `channel`'s streams with its live subscribers,
+    /// then adds the subscribers it promoted.
+    fn with_stream<R>(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+        f: impl FnOnce(&mut Stream, &mut Fanout<'_>) -> R,
+    ) -> Option<(R, BroadcastOutcome)> {
+        let mut out = BroadcastOutcome::default();
+        match (key, channel.personal_owner()) {
+            (StreamKey::Own, Some(owner)) => {
+                let (shard, hash) = self.user_slot(owner);
+                let mut guard = self.users[shard].lock();
+                let users = &mut *guard;
+                let stream = users.1.get_mut(owner)?;
+                let mut sink = Fanout {
+                    live: Live::Own(users.0.find(hash, |e| e.user() == owner)),
+                    out: &mut out,
+                    promoted: Vec::new(),
+                };
+                let r = f(stream, &mut sink);
+                for c in sink.promoted {
+                    c.personal.store(true, Ordering::Relaxed);
+                }
+                Some((r, out))
+            }
+            (StreamKey::Own, None) => None,
+            (StreamKey::Shared, _) => {
+                let mut shard = self.channels[self.shard(channel)].lock();
+                let Channel {
+                    subscribers,
+                    stream,
+                    ..
+                } = shard.get_mut(channel)?;
+                let mut sink = Fanout {
+                    live: Live::Channel(subscribers),
+                    out: &mut out,
+                    promoted: Vec::new(),
+                };
+                let r = f(stream, &mut sink);
+                let promoted = sink.promoted;
+                for c in promoted {
+                    subscribers.insert(c.key, c);
+                }
+                Some((r, out))
+            }
+        }
+    }
+
+    /// Where a fill of the stream must read from, when one is still due.
+    pub(crate) fn fill_from(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+    ) -> Option<(Arc<str>, u64)> {
+        self.with_stream(channel, key, |s, _| s.fill_from())
+            .and_then(|(r, _)| r)
+    }
+
+    /// The stream's position, for a resync.
+    pub(crate) fn position(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+    ) -> Option<(Arc<str>, u64)> {
+        self.with_stream(channel, key, |s, _| {
+            s.position().map(|(e, o)| (e.clone(), o))
+        })
+        .and_then(|(r, _)| r)
+    }
+
+    /// Applies a history read to a stream (see [`Stream::fill`]).
+    pub(crate) fn fill(
+        &self,
+        channel: &ChannelName,
+        key: StreamKey,
+        read: &HistoryRead,
+        definitive: bool,
+    ) -> (BroadcastOutcome, Gap) {
+        self.with_stream(channel, key, |s, sink| {
+            s.fill(channel, read, definitive, sink)
+        })
+        .map_or_else(|| (BroadcastOutcome::default(), Gap::None), |(g, o)| (o, g))
+    }
+
+    /// Every stream that has a position (for a resync).
+    pub(crate) fn streams(&self) -> Vec<(ChannelName, StreamKey)> {
+        let mut all = Vec::new();
+        for shard in self.channels.iter() {
+            all.extend(
+                shard
+                    .lock()
+                    .iter()
+                    .filter(|(_, e)| e.stream.position().is_some())
+                    .map(|(c, _)| (c.clone(), StreamKey::Shared)),
+            );
+        }
+        for shard in self.users.iter() {
+            all.extend(
+                shard
+                    .lock()
+                    .1
+                    .iter()
+                    .filter(|(_, s)| s.position().is_some())
+                    .filter_map(|(u, _)| ChannelName::personal(u).ok())
+                    .map(|c| (c, StreamKey::Own)),
+            );
+        }
+        all
+    }
+
+    /// Pushes `frame` (encoded once, shared) to every subscriber of
+    /// `channel`, joining ones included: a push that is not a publication
+    /// (join, leave) has no offset to order it by.
     pub fn broadcast(&self, channel: &ChannelName, frame: &Bytes) -> BroadcastOutcome {
         let mut out = BroadcastOutcome::default();
         if let Some(owner) = channel.personal_owner() {
@@ -308,32 +641,41 @@ impl Hub {
                     }
                 }
             }
+            if let Some(stream) = users.1.get(owner) {
+                for client in stream.joiners() {
+                    out.push(client, frame);
+                }
+            }
         }
         let shard = self.channels[self.shard(channel)].lock();
-        if let Some(subs) = shard.get(channel) {
-            for client in subs.values() {
+        if let Some(entry) = shard.get(channel) {
+            for client in entry.subscribers.values() {
+                out.push(client, frame);
+            }
+            for client in entry.stream.joiners() {
                 out.push(client, frame);
             }
         }
         out
     }
 
-    /// Number of local subscribers of `channel`.
+    /// Number of local subscribers of `channel`, joining ones included.
     pub fn subscriber_count(&self, channel: &ChannelName) -> usize {
         let personal = channel.personal_owner().map_or(0, |owner| {
             let (shard, hash) = self.user_slot(owner);
-            self.users[shard].lock().get(hash, owner).map_or(0, |l| {
+            let users = self.users[shard].lock();
+            users.get(hash, owner).map_or(0, |l| {
                 l.as_slice()
                     .iter()
                     .filter(|c| c.personal.load(Ordering::Relaxed))
                     .count()
-            })
+            }) + users.1.get(owner).map_or(0, Stream::joiner_count)
         });
         personal
             + self.channels[self.shard(channel)]
                 .lock()
                 .get(channel)
-                .map_or(0, HashMap::len)
+                .map_or(0, |e| e.subscribers.len() + e.stream.joiner_count())
     }
 
     /// How many connections `user` has on this node.
@@ -432,13 +774,13 @@ mod tests {
     #[test]
     fn per_user_and_node_limits_hold() {
         let hub = Hub::new();
-        assert_eq!(hub.add_client(&client(1, "a", 10), 3, 2), Ok(()));
-        assert_eq!(hub.add_client(&client(2, "a", 10), 3, 2), Ok(()));
+        assert_eq!(hub.add_client(&client(1, "a", 10), 3, 2), Ok(true));
+        assert_eq!(hub.add_client(&client(2, "a", 10), 3, 2), Ok(false));
         assert_eq!(
             hub.add_client(&client(3, "a", 10), 3, 2),
             Err(AddError::UserFull)
         );
-        assert_eq!(hub.add_client(&client(4, "b", 10), 3, 2), Ok(()));
+        assert_eq!(hub.add_client(&client(4, "b", 10), 3, 2), Ok(true));
         assert_eq!(
             hub.add_client(&client(5, "c", 10), 3, 2),
             Err(AddError::NodeFull)
@@ -492,6 +834,66 @@ mod tests {
         assert_eq!(hub.broadcast(&own, &Bytes::from_static(b"z")).delivered, 1);
         assert_eq!(hub.subscriber_count(&own), 1);
         assert_eq!(hub.channel_count(), 1);
+    }
+
+    fn publication(channel: &ChannelName, offset: u64) -> Arc<Publication> {
+        Arc::new(Publication::new(
+            channel.clone(),
+            offset,
+            Arc::from("e"),
+            Bytes::from_static(b"1"),
+            None,
+        ))
+    }
+
+    fn offsets(client: &ClientHandle) -> Vec<u64> {
+        client
+            .outbox
+            .take()
+            .0
+            .into_iter()
+            .filter_map(|o| match o {
+                crate::client::Out::Frame(b) => serde_json::from_slice::<serde_json::Value>(&b)
+                    .ok()
+                    .and_then(|v| v["offset"].as_u64()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_personal_channel_keeps_order_and_its_stream_lives_only_while_someone_listens() {
+        let hub = Hub::new();
+        let own = ChannelName::personal("a").expect("valid");
+        let (a1, a2) = (client(1, "a", 1 << 20), client(2, "a", 1 << 20));
+        for c in [&a1, &a2] {
+            hub.add_client(c, 10, 10).expect("added");
+            hub.subscribe(&own, c);
+        }
+        assert!(
+            hub.users.iter().all(|s| s.lock().1.is_empty()),
+            "no stream while idle"
+        );
+        // The first publication places the stream; a later one that comes
+        // early waits for the one before it.
+        let (out, gaps) = hub.publication(&publication(&own, 7));
+        assert_eq!((out.delivered, gaps.len()), (2, 0));
+        let (out, gaps) = hub.publication(&publication(&own, 9));
+        assert_eq!((out.delivered, gaps), (0, vec![StreamKey::Own]));
+        let (out, _) = hub.publication(&publication(&own, 8));
+        assert_eq!(out.delivered, 4);
+        let (out, _) = hub.publication(&publication(&own, 8));
+        assert_eq!(out.delivered, 0, "a duplicate is dropped");
+        assert_eq!(offsets(&a1), [7, 8, 9]);
+        assert_eq!(offsets(&a2), [7, 8, 9]);
+        for c in [&a1, &a2] {
+            hub.remove_client(c);
+            assert_eq!(hub.leave(&own, c), Some(true));
+        }
+        assert!(
+            hub.users.iter().all(|s| s.lock().1.is_empty()),
+            "the stream is gone"
+        );
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! - [`namespace`]: per-namespace policy (publish, presence, history, subscribe rule).
 //! - [`broker`]: the [`Broker`] role and [`MemoryBroker`]; every publication
 //!   reaches local subscribers through [`BrokerEvents`], on one node as on many.
+//! - `subscription`: a channel's stream on this node (position, held
+//!   publications, joining subscribers): ordering, duplicates, gap filling
+//!   and `lost`, once for every broker.
 //! - [`history`]: the [`HistoryStore`] role and [`MemoryHistory`].
 //! - [`presence`]: the [`PresenceStore`] role and [`MemoryPresence`].
 //! - [`metrics`]: every metric the node exports.
@@ -21,8 +24,9 @@ pub mod metrics;
 pub mod namespace;
 pub mod node;
 pub mod presence;
+mod subscription;
 
-pub use broker::{Broker, BrokerError, BrokerEvents, Joined, MemoryBroker};
+pub use broker::{Broker, BrokerError, BrokerEvents, BrokerHealth, ControlMessage, MemoryBroker};
 pub use client::{ClientClaims, ClientHandle, ClientId, ClientInit, Out, Outbox, PushError};
 pub use disconnect::Disconnect;
 pub use history::{

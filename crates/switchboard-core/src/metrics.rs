@@ -31,6 +31,8 @@ pub struct Metrics {
     pub deliveries: Counter,
     pub publications_stored: Counter,
     pub publications_recovered: Counter,
+    /// History reads that filled a hole in a channel's stream on this node.
+    pub gap_fills: Counter,
     pub fanout_seconds: Histogram,
     pub slow_clients: Counter,
     pub dropped_deliveries: Counter,
@@ -69,6 +71,7 @@ impl Default for Metrics {
             deliveries: Counter::default(),
             publications_stored: Counter::default(),
             publications_recovered: Counter::default(),
+            gap_fills: Counter::default(),
             // 10 µs .. ~5 s
             fanout_seconds: Histogram::new(exponential_buckets(0.00001, 2.5, 15)),
             slow_clients: Counter::default(),
@@ -124,6 +127,11 @@ impl Metrics {
             "publications_recovered",
             "Publications replayed to clients on subscribe with since",
             self.publications_recovered.clone(),
+        );
+        r.register(
+            "gap_fills",
+            "History reads that filled a hole in a channel's delivery on this node",
+            self.gap_fills.clone(),
         );
         r.register(
             "fanout_seconds",

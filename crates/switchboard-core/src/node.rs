@@ -11,7 +11,7 @@ use switchboard_protocol::frame::{self, ErrorCode};
 use switchboard_protocol::{ChannelName, Op, Publication, StreamPosition};
 use tokio::time::Instant;
 
-use crate::broker::{Broker, BrokerError, BrokerEvents, Joined};
+use crate::broker::{Broker, BrokerError, BrokerEvents, ControlMessage};
 use crate::client::{ClientClaims, ClientHandle, ClientInit};
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryError, HistoryQuery, HistoryRead, Sweep};
@@ -19,6 +19,18 @@ use crate::hub::{AddError, Hub};
 use crate::metrics::{CodeLabel, Metrics};
 use crate::namespace::Namespaces;
 use crate::presence::{PresenceEntry, PresenceStore};
+
+mod subscribe;
+
+pub use subscribe::REORDER_WINDOW;
+
+/// Runs `fut` on the current runtime; outside one (some unit tests) the work is
+/// skipped, as nothing could be waiting for it.
+fn spawn(fut: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(fut);
+    }
+}
 
 /// A node's settings, validated by whoever builds them.
 #[derive(Debug, Clone)]
@@ -118,15 +130,28 @@ impl std::fmt::Debug for Node {
 struct Events(Weak<Node>);
 
 impl BrokerEvents for Events {
-    fn on_publication(&self, publication: &Arc<Publication>) {
+    fn on_publication(&self, publication: Arc<Publication>) {
         if let Some(node) = self.0.upgrade() {
-            node.deliver(&publication.channel, publication.frame(), true);
+            node.deliver_publication(&publication);
         }
     }
 
-    fn on_push(&self, channel: &ChannelName, frame: &Bytes) {
+    fn on_push(&self, channel: &ChannelName, frame: Bytes) {
         if let Some(node) = self.0.upgrade() {
-            node.deliver(channel, frame, false);
+            let out = node.hub.broadcast(channel, &frame);
+            node.account(out, None);
+        }
+    }
+
+    fn on_control(&self, message: ControlMessage) {
+        if let Some(node) = self.0.upgrade() {
+            spawn(async move { node.control(message).await });
+        }
+    }
+
+    fn on_resync(&self) {
+        if let Some(node) = self.0.upgrade() {
+            spawn(async move { node.resync().await });
         }
     }
 }
@@ -172,29 +197,18 @@ impl Node {
         self.started.elapsed()
     }
 
-    fn deliver(&self, channel: &ChannelName, frame: &Bytes, is_publication: bool) {
-        let start = std::time::Instant::now();
-        let out = self.hub.broadcast(channel, frame);
-        self.metrics.messages_out.inc_by(out.delivered as u64);
-        if is_publication {
-            self.metrics.publications.inc();
-            self.metrics.deliveries.inc_by(out.delivered as u64);
-            self.metrics
-                .fanout_seconds
-                .observe(start.elapsed().as_secs_f64());
-        }
-        if !out.overflowed.is_empty() {
-            self.metrics
-                .slow_clients
-                .inc_by(out.overflowed.len() as u64);
-            for client in out.overflowed {
-                self.metrics.dropped_deliveries.inc();
-                self.count_disconnect(Disconnect::SLOW);
-                tracing::info!(client = %client.id, user = %client.user, "closing slow consumer");
-                // Removal awaits presence; it must not run under the broker's lock.
-                if let Some(node) = self.me.upgrade() {
-                    tokio::spawn(async move { node.remove_client(&client).await });
-                }
+    async fn control(&self, message: ControlMessage) {
+        match message {
+            ControlMessage::Disconnect { user, code, .. } => {
+                let reason = if code == Disconnect::KICKED.code {
+                    Disconnect::KICKED
+                } else {
+                    Disconnect {
+                        code,
+                        reason: "disconnected",
+                    }
+                };
+                self.disconnect_user(&user, reason).await;
             }
         }
     }
@@ -229,7 +243,7 @@ impl Node {
             self.opts.send_queue_max_bytes,
             self.now_ms(),
         ));
-        self.hub.add_client(
+        let first = self.hub.add_client(
             &client,
             self.opts.max_connections,
             self.opts.max_connections_per_user,
@@ -245,6 +259,9 @@ impl Node {
             client.subscriptions.lock().insert(&client.user, &personal);
             self.hub.subscribe(&personal, &client);
             self.metrics.subscriptions.inc();
+            if first {
+                self.broker_subscribe_now(personal.clone());
+            }
             self.announce_personal(&client, personal);
         }
         // After the hub has the client: a drain that began before this point
@@ -282,7 +299,6 @@ impl Node {
             let mut subs = client.subscriptions.lock();
             let gone: Vec<ChannelName> = subs
                 .others()
-                .iter()
                 .filter(|c| {
                     !self
                         .opts
@@ -343,13 +359,19 @@ impl Node {
         for channel in channels {
             self.leave_channel(client, &channel).await;
         }
+        if let Ok(personal) = ChannelName::personal(&client.user) {
+            self.release_broker(&personal).await;
+        }
     }
 
     async fn leave_channel(&self, client: &ClientHandle, channel: &ChannelName) {
-        if !self.hub.unsubscribe(channel, client) {
+        let Some(last) = self.hub.leave(channel, client) else {
             return;
-        }
+        };
         self.metrics.subscriptions.dec();
+        if last && channel.personal_owner() != Some(&*client.user) {
+            self.release_broker(channel).await;
+        }
         if channel.personal_owner() == Some(&*client.user) && !self.leave_personal(client) {
             return;
         }
@@ -410,110 +432,6 @@ impl Node {
             Err(e) => frame::error_reply(id, e.code, &e.message),
         };
         let _ = client.outbox.push(bytes);
-    }
-
-    /// Joins `channel`, recovering from `since`, and queues the reply (when `id`
-    /// is set) before any publication that follows the recovered ones.
-    pub async fn subscribe(
-        &self,
-        client: &Arc<ClientHandle>,
-        id: Option<u64>,
-        channel: &ChannelName,
-        since: Option<StreamPosition>,
-    ) -> Result<Joined, CommandError> {
-        let ns = &self.opts.namespaces;
-        if !ns.may_subscribe(channel, &client.user, &client.claims().channels) {
-            return Err(CommandError::forbidden());
-        }
-        let already = client.is_subscribed(channel);
-        if !already && client.subscription_count() >= self.opts.max_channels_per_client {
-            return Err(CommandError::new(
-                ErrorCode::LimitExceeded,
-                "too many channels on this connection",
-            ));
-        }
-        let policy = ns.policy(channel);
-        if policy.presence && !already {
-            let entry = PresenceEntry {
-                user: client.user.to_string(),
-                client: client.id.to_string(),
-                info: client
-                    .claims()
-                    .info
-                    .as_deref()
-                    .and_then(|i| serde_json::from_str(i).ok())
-                    .unwrap_or(serde_json::Value::Null),
-                node: self.opts.name.clone(),
-            };
-            if let Err(e) = self.presence.add(channel, entry).await {
-                tracing::warn!(error = %e, "presence add failed");
-                return Err(CommandError::new(ErrorCode::Internal, "presence failed"));
-            }
-        }
-        let on_join = {
-            let client = client.clone();
-            let channel = channel.clone();
-            let hub_add = self.hub_subscriber(&client, &channel);
-            Box::new(move |read: &HistoryRead| {
-                hub_add();
-                if id.is_some() {
-                    let _ = client
-                        .outbox
-                        .push(frame::ok_reply(id, &subscribe_result(read)));
-                }
-            })
-        };
-        let joined = match self
-            .broker
-            .join(channel, since, policy.retention(), on_join)
-            .await
-        {
-            Ok(j) => j,
-            Err(e) => {
-                if policy.presence && !already {
-                    let _ = self.presence.remove(channel, &client.id).await;
-                }
-                return Err(e.into());
-            }
-        };
-        if client.is_removed() {
-            if policy.presence && !already {
-                let _ = self.presence.remove(channel, &client.id).await;
-            }
-            return Err(CommandError::new(ErrorCode::Internal, "client is closing"));
-        }
-        if !already && policy.join_leave {
-            let claims = client.claims();
-            let push = frame::join(channel, &client.user, &client.id, claims.info.as_deref());
-            if let Err(e) = self.broker.push(channel, push).await {
-                tracing::warn!(error = %e, "join push failed");
-            }
-        }
-        self.metrics
-            .publications_recovered
-            .inc_by(joined.publications as u64);
-        Ok(joined)
-    }
-
-    fn hub_subscriber(
-        &self,
-        client: &Arc<ClientHandle>,
-        channel: &ChannelName,
-    ) -> impl FnOnce() + Send + 'static {
-        let me = self.me.clone();
-        let client = client.clone();
-        let channel = channel.clone();
-        move || {
-            let mut subs = client.subscriptions.lock();
-            if let Some(node) = me.upgrade()
-                && !client.is_removed()
-            {
-                if subs.insert(&client.user, &channel) {
-                    node.metrics.subscriptions.inc();
-                }
-                node.hub.subscribe(&channel, &client);
-            }
-        }
     }
 
     async fn client_publish(
@@ -586,8 +504,9 @@ impl Node {
         {
             return Err(CommandError::forbidden());
         }
+        let since_given = since.is_some();
         let read = self.history(channel, HistoryQuery { since, limit }).await?;
-        Ok(history_result(&read))
+        Ok(history_result(&self.capped(read, since_given)))
     }
 
     /// Stored publications of `channel`.
@@ -710,14 +629,6 @@ const SWEEP_IDLE: Duration = Duration::from_secs(300);
 /// channels than that take several passes.
 const SWEEP_BUDGET: usize = 16_384;
 
-/// Spawns on the current runtime; outside one (some unit tests) the work is
-/// skipped, as nothing could be waiting for it.
-fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
-    if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(task);
-    }
-}
-
 fn json<T: serde::Serialize>(v: &T) -> Result<Bytes, CommandError> {
     serde_json::to_vec(v)
         .map(Bytes::from)
@@ -757,83 +668,5 @@ fn json_str(s: &str) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::broker::MemoryBroker;
-    use crate::history::MemoryHistory;
-    use crate::presence::MemoryPresence;
-
-    fn node() -> Arc<Node> {
-        Node::new(
-            NodeOptions::default(),
-            Arc::new(MemoryBroker::new(Arc::new(MemoryHistory::new()))),
-            Arc::new(MemoryPresence::default()),
-        )
-    }
-
-    fn init(user: &str) -> ClientInit {
-        ClientInit {
-            user: user.into(),
-            ..Default::default()
-        }
-    }
-
-    /// The race of a handshake with SIGTERM, made deterministic: the
-    /// handshake passed its check, the drain began, then the client connects.
-    #[tokio::test]
-    async fn a_client_connecting_after_the_drain_began_is_closed_1001() {
-        let node = node();
-        let before = node.connect(init("a")).expect("connect");
-        node.drain(Disconnect::SHUTDOWN).await;
-        assert_eq!(before.outbox.closing(), Some(Disconnect::SHUTDOWN));
-        let late = node.connect(init("b")).expect("connect");
-        assert_eq!(late.outbox.closing(), Some(Disconnect::SHUTDOWN));
-        // It leaves the hub as every drained client does.
-        for _ in 0..100 {
-            if node.hub.connection_count() == 0 {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert_eq!(node.hub.connection_count(), 0);
-    }
-
-    #[tokio::test]
-    async fn a_refresh_for_another_user_changes_nothing() {
-        let node = node();
-        let c = node
-            .connect(ClientInit {
-                user: "a".into(),
-                channels: vec!["vip:*".into()],
-                expires_at: 100,
-                ..Default::default()
-            })
-            .expect("connect");
-        let err = node
-            .refresh(
-                &c,
-                ClientInit {
-                    user: "b".into(),
-                    expires_at: 200,
-                    ..Default::default()
-                },
-            )
-            .expect_err("another user");
-        assert_eq!(err.code, ErrorCode::Forbidden);
-        assert_eq!(c.expires_at(), 100);
-        assert_eq!(&*c.claims().channels, ["vip:*".to_string()]);
-        node.refresh(
-            &c,
-            ClientInit {
-                user: "a".into(),
-                info: Some("{\"v\":2}".into()),
-                expires_at: 200,
-                ..Default::default()
-            },
-        )
-        .expect("same user");
-        assert_eq!(c.expires_at(), 200);
-        assert!(c.claims().channels.is_empty());
-        assert_eq!(c.claims().info.as_deref(), Some("{\"v\":2}"));
-    }
-}
+#[path = "node_tests.rs"]
+mod tests;

@@ -2,8 +2,26 @@
 //! role's contract against any implementation. Enable the `testkit` feature
 //! to call them from another crate's tests.
 //!
-//! The [`HistoryStore`] suite: [`history_conformance`] runs it all. Each check
-//! uses channels of its own, so one store can serve the whole suite.
+//! - [`HistoryStore`]: [`history_conformance`] runs it all. Each check uses
+//!   channels of its own, so one store can serve the whole suite.
+//! - [`Broker`](crate::Broker): [`broker_conformance`] (async, from a factory
+//!   of fresh brokers; see [`broker`]).
+//! - [`PresenceStore`](crate::PresenceStore): [`presence_conformance`] (see
+//!   [`presence`]).
+
+mod broker_suite;
+mod presence_suite;
+
+/// The [`Broker`](crate::Broker) suite, driven through a [`Node`](crate::Node).
+pub mod broker {
+    pub use super::broker_suite::*;
+}
+/// The [`PresenceStore`](crate::PresenceStore) suite.
+pub mod presence {
+    pub use super::presence_suite::*;
+}
+pub use broker_suite::broker_conformance;
+pub use presence_suite::presence_conformance;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -260,8 +278,41 @@ pub fn stored_publications_are_what_was_published(store: &dyn HistoryStore) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::{Broker, MemoryBroker};
     use crate::file_history::{FileHistory, SyncMode};
     use crate::history::MemoryHistory;
+    use crate::presence::{MemoryPresence, PresenceStore};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_broker_conforms_over_memory_history() {
+        broker_conformance(|| async {
+            Arc::new(MemoryBroker::new(Arc::new(MemoryHistory::new()))) as Arc<dyn Broker>
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_broker_conforms_over_file_history() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let n = std::sync::atomic::AtomicU32::new(0);
+        broker_conformance(|| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("h{i}.db"));
+            async move {
+                let history = FileHistory::open(path, SyncMode::Always).expect("open");
+                Arc::new(MemoryBroker::new(Arc::new(history))) as Arc<dyn Broker>
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_presence_conforms() {
+        presence_conformance(|| async {
+            Arc::new(MemoryPresence::default()) as Arc<dyn PresenceStore>
+        })
+        .await;
+    }
 
     #[test]
     fn memory_history_conforms() {

@@ -218,6 +218,20 @@ pub fn leave(channel: &ChannelName, user: &str, client: &str) -> Bytes {
     out.freeze()
 }
 
+/// A `lost` push (PROTOCOL §9): what came before `offset` in `epoch` and was
+/// not yet delivered never will be; delivery goes on after `offset`.
+pub fn lost(channel: &ChannelName, epoch: &str, offset: u64) -> Bytes {
+    let mut out = BytesMut::with_capacity(64 + channel.as_str().len() + epoch.len());
+    out.put_slice(b"{\"type\":\"lost\",\"channel\":");
+    put_json_str(&mut out, channel.as_str());
+    out.put_slice(b",\"epoch\":");
+    put_json_str(&mut out, epoch);
+    out.put_slice(b",\"offset\":");
+    out.put_slice(itoa(offset).as_bytes());
+    out.put_u8(b'}');
+    out.freeze()
+}
+
 /// The `disconnect` push sent just before the server closes.
 pub fn disconnect(code: u16, reason: &str) -> Bytes {
     let v = serde_json::json!({"type": "disconnect", "code": code, "reason": reason});

@@ -1,0 +1,135 @@
+//! The [`PresenceStore`] contract, for any implementation. Each check takes a
+//! fresh store from the factory and uses channels of its own (with a random
+//! part, so a shared backend such as Redis can serve repeated runs).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use switchboard_protocol::ChannelName;
+
+use crate::presence::{PresenceEntry, PresenceStore};
+
+fn channel(check: &str) -> ChannelName {
+    ChannelName::parse(&format!(
+        "conformance:presence-{check}-{:08x}",
+        fastrand::u32(..)
+    ))
+    .expect("valid channel name")
+}
+
+fn entry(user: &str, client: &str) -> PresenceEntry {
+    PresenceEntry {
+        user: user.into(),
+        client: client.into(),
+        info: serde_json::json!({ "name": user }),
+        node: "n1".into(),
+    }
+}
+
+/// Runs every check, each on a store from `make`.
+pub async fn presence_conformance<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn PresenceStore>>,
+{
+    entries_come_and_go(&*make().await).await;
+    entries_are_ordered_by_client(&*make().await).await;
+    removal_is_idempotent_and_adding_twice_replaces(&*make().await).await;
+    channels_are_independent(&*make().await).await;
+    concurrent_adds_and_removes_settle(make().await).await;
+}
+
+/// What is added is read back as it was; what is removed is gone.
+pub async fn entries_come_and_go(store: &dyn PresenceStore) {
+    let ch = channel("come-go");
+    assert!(store.get(&ch).await.expect("get").is_empty());
+    let e = entry("alice", "c-1");
+    store.add(&ch, e.clone()).await.expect("add");
+    assert_eq!(store.get(&ch).await.expect("get"), vec![e]);
+    store.remove(&ch, "c-1").await.expect("remove");
+    assert!(store.get(&ch).await.expect("get").is_empty());
+}
+
+/// `get` lists entries ordered by client id.
+pub async fn entries_are_ordered_by_client(store: &dyn PresenceStore) {
+    let ch = channel("order");
+    for c in ["c-3", "c-1", "c-2"] {
+        store.add(&ch, entry("u", c)).await.expect("add");
+    }
+    let clients: Vec<String> = store
+        .get(&ch)
+        .await
+        .expect("get")
+        .into_iter()
+        .map(|e| e.client)
+        .collect();
+    assert_eq!(clients, ["c-1", "c-2", "c-3"]);
+}
+
+/// Removing an absent client changes nothing; adding a client again keeps one entry.
+pub async fn removal_is_idempotent_and_adding_twice_replaces(store: &dyn PresenceStore) {
+    let ch = channel("idempotent");
+    store.remove(&ch, "c-9").await.expect("remove of nothing");
+    store.add(&ch, entry("a", "c-1")).await.expect("add");
+    let mut again = entry("a", "c-1");
+    again.info = serde_json::json!({ "v": 2 });
+    store.add(&ch, again.clone()).await.expect("add again");
+    assert_eq!(store.get(&ch).await.expect("get"), vec![again]);
+    store.remove(&ch, "c-1").await.expect("remove");
+    store.remove(&ch, "c-1").await.expect("remove again");
+    assert!(store.get(&ch).await.expect("get").is_empty());
+}
+
+/// Each channel has its own entries.
+pub async fn channels_are_independent(store: &dyn PresenceStore) {
+    let (a, b) = (channel("independent-a"), channel("independent-b"));
+    store.add(&a, entry("x", "c-1")).await.expect("add");
+    store.add(&b, entry("y", "c-2")).await.expect("add");
+    store.remove(&a, "c-2").await.expect("remove elsewhere");
+    assert_eq!(store.get(&a).await.expect("get"), vec![entry("x", "c-1")]);
+    assert_eq!(store.get(&b).await.expect("get"), vec![entry("y", "c-2")]);
+}
+
+/// Many clients joining and leaving one channel at once: what is left is
+/// exactly those that stayed.
+pub async fn concurrent_adds_and_removes_settle(store: Arc<dyn PresenceStore>) {
+    let ch = channel("concurrent");
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            let ch = ch.clone();
+            tokio::spawn(async move {
+                let client = format!("c-{i:03}");
+                for _ in 0..5 {
+                    store
+                        .add(&ch, entry(&format!("u{i}"), &client))
+                        .await
+                        .expect("add");
+                    tokio::task::yield_now().await;
+                    store.remove(&ch, &client).await.expect("remove");
+                }
+                if i % 2 == 0 {
+                    store
+                        .add(&ch, entry(&format!("u{i}"), &client))
+                        .await
+                        .expect("add");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let clients: Vec<String> = store
+        .get(&ch)
+        .await
+        .expect("get")
+        .into_iter()
+        .map(|e| e.client)
+        .collect();
+    let want: Vec<String> = (0..64)
+        .filter(|i| i % 2 == 0)
+        .map(|i| format!("c-{i:03}"))
+        .collect();
+    assert_eq!(clients, want);
+}
