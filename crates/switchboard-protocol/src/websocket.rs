@@ -150,7 +150,11 @@ impl Decoder {
     /// (fragments and control frames included), which is what the rate limit
     /// counts. Bytes after a close frame are ignored. After an error the
     /// connection must be closed with the error's code.
-    pub fn decode(&mut self, mut input: &[u8], out: &mut Vec<Message>) -> Result<usize, ProtocolError> {
+    pub fn decode(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<usize, ProtocolError> {
         let mut frames = 0;
         loop {
             if self.frame.is_none() {
@@ -509,7 +513,11 @@ mod tests {
         let mut bytes = Vec::new();
         let raw = text.as_bytes();
         for (i, b) in raw.iter().enumerate() {
-            let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+            let op = if i == 0 {
+                opcode::TEXT
+            } else {
+                opcode::CONTINUATION
+            };
             bytes.extend(client_frame(i + 1 == raw.len(), op, &[*b]));
         }
         let mut d = Decoder::new(1 << 20);

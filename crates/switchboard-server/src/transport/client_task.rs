@@ -166,7 +166,9 @@ fn run(
                         match stall_timer.as_mut() {
                             Some(t) if p.wrote => t.as_mut().reset(deadline),
                             Some(_) => {}
-                            None => stall_timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                            None => {
+                                stall_timer = Some(Box::pin(tokio::time::sleep_until(deadline)))
+                            }
                         }
                     }
                 }
