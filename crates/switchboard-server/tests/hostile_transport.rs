@@ -620,3 +620,36 @@ async fn after_a_protocol_error_the_server_closes_tcp_first() {
     }
     server.kill();
 }
+
+/// Every frame counts against `messages_per_second` (PROTOCOL §4), fragments
+/// of a message that never ends included: a client streaming them is closed
+/// 1008 as any flood is, instead of holding its task busy for free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_fragments_counts_against_the_rate_limit() {
+    let server = ServerProcess::start(&base_config(), &[]);
+    let (mut s, mut pending) = connect_raw(server.addr, "fragments").await;
+    s.write_all(&frame(false, 0x1, b"{")).await.expect("first");
+    let fragment = frame(false, 0x0, b" ");
+    let burst: Vec<u8> = fragment
+        .iter()
+        .copied()
+        .cycle()
+        .take(fragment.len() * 20)
+        .collect();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(4) {
+        if s.write_all(&burst).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut code = None;
+    let (seen, _) = read_until(&mut s, &mut pending, Duration::from_secs(5), |op, p| {
+        code = close_code(op, p);
+        code.is_some()
+    })
+    .await;
+    assert!(seen, "no close frame");
+    assert_eq!(code, Some(1008));
+    server.kill();
+}

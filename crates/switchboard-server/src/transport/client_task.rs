@@ -30,7 +30,7 @@ use switchboard_protocol::frame::{self, ErrorCode};
 use switchboard_protocol::websocket::Message;
 
 use super::commands::handle_frame;
-use super::connection::{Close, Connection, ReadEnd, ReadOutcome};
+use super::connection::{Close, Connection, PONGS_AT_ONCE, ReadEnd, ReadOutcome};
 use super::rate_limit::{RateLimit, Verdict};
 use crate::http::AppState;
 
@@ -257,6 +257,7 @@ async fn handle_read(
             return Flow::Continue;
         }
     }
+    let mut pongs_at_once = PONGS_AT_ONCE;
     for m in read.messages {
         if let Some(close) = Close::answer(&m) {
             return Flow::End(Some(close));
@@ -270,7 +271,7 @@ async fn handle_read(
             Message::Ping(p) => {
                 // A ping past the limit gets no pong.
                 if verdict == Verdict::Allow {
-                    conn.answer_ping(&p);
+                    conn.answer_ping(&p, &mut pongs_at_once);
                 }
             }
             Message::Pong(_) | Message::Close(..) => {}

@@ -23,6 +23,11 @@ use super::write_queue::{RAW, WriteQueue};
 /// clients run.
 const READ_BUDGET: usize = 256 * 1024;
 
+/// How many pongs one read may write one by one (each its own `send`); past
+/// it, pings of that read share the one pending pong. Enough for a peer that
+/// checks every ping of a short burst is answered (Autobahn's 2.10 sends 10).
+pub(super) const PONGS_AT_ONCE: u32 = 16;
+
 pub(super) struct Connection {
     pub(super) stream: TcpStream,
     /// Read state, only while something is incomplete: an idle client holds none.
@@ -190,13 +195,15 @@ impl Connection {
     }
 
     /// Answers a ping. The pong goes out at once when nothing else is
-    /// waiting for the socket; otherwise it waits as the one pending pong
-    /// (see [`WriteQueue::push_pong`]), so a flood of pings never queues more
-    /// than one answer.
-    pub(super) fn answer_ping(&mut self, payload: &[u8]) {
+    /// waiting for the socket and `at_once` is still above 0 (a write per
+    /// pong, so the caller bounds them per read); otherwise it waits as the
+    /// one pending pong (see [`WriteQueue::push_pong`]), so a flood of pings
+    /// never queues more than one answer.
+    pub(super) fn answer_ping(&mut self, payload: &[u8], at_once: &mut u32) {
         let was_idle = self.out.is_empty();
         self.out.push_pong(Bytes::copy_from_slice(payload));
-        if was_idle {
+        if was_idle && *at_once > 0 {
+            *at_once -= 1;
             // An error shows again on the loop's next write, which ends it.
             let _ = self.out.write_now(&self.stream);
         }

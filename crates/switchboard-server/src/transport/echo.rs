@@ -10,7 +10,7 @@ use switchboard_protocol::websocket::{Message, opcode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::connection::{Close, Connection, ReadEnd};
+use super::connection::{Close, Connection, PONGS_AT_ONCE, ReadEnd};
 
 /// Answers the upgrade itself and echoes every message.
 pub async fn echo(mut stream: TcpStream, max_message: usize) -> io::Result<()> {
@@ -54,13 +54,14 @@ pub async fn echo(mut stream: TcpStream, max_message: usize) -> io::Result<()> {
         }
         first = false;
         let read = conn.read_now();
+        let mut pongs_at_once = PONGS_AT_ONCE;
         for m in read.messages {
             if let Some(close) = Close::answer(&m) {
                 conn.close(close, Duration::from_secs(5)).await;
                 return Ok(());
             }
             match m {
-                Message::Ping(p) => conn.answer_ping(&p),
+                Message::Ping(p) => conn.answer_ping(&p, &mut pongs_at_once),
                 Message::Text(t) => conn.out.frames.push_back(Out::Frame(Bytes::from(t))),
                 Message::Binary(b) => conn
                     .out
