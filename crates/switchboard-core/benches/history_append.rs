@@ -14,6 +14,7 @@ use switchboard_core::{FileHistory, HistoryStore, MemoryHistory, Retention, Sync
 const RETENTION: Retention = Retention {
     size: 100,
     ttl: Duration::from_secs(600),
+    max_channels: 0,
 };
 
 fn bench_store(c: &mut Criterion, name: &str, store: &dyn HistoryStore) {

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_protocol::{ChannelName, Publication, StreamPosition};
 
-use crate::history::{HistoryError, HistoryQuery, HistoryRead, HistoryStore, Retention};
+use crate::history::{
+    HistoryError, HistoryQuery, HistoryRead, HistoryStore, Retention, Sweep, Swept,
+};
 
 /// What a broker delivers to a node.
 pub trait BrokerEvents: Send + Sync + 'static {
@@ -83,8 +85,10 @@ pub trait Broker: Send + Sync + 'static {
         on_join: OnJoin,
     ) -> Result<Joined, BrokerError>;
 
-    /// Periodic housekeeping.
-    fn sweep(&self, _idle: std::time::Duration) {}
+    /// Periodic housekeeping: applies retention to streams nobody touches.
+    fn sweep(&self, _pass: &Sweep<'_>) -> Swept {
+        Swept::default()
+    }
 }
 
 const SHARDS: usize = 64;
@@ -206,7 +210,7 @@ impl Broker for MemoryBroker {
         })
     }
 
-    fn sweep(&self, idle: std::time::Duration) {
-        self.history.sweep(idle);
+    fn sweep(&self, pass: &Sweep<'_>) -> Swept {
+        self.history.sweep(pass)
     }
 }

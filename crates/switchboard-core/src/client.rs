@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -251,8 +251,9 @@ pub struct ClientHandle {
     /// The client id on the wire (`c-…`).
     pub id: ClientId,
     pub user: Arc<str>,
-    pub info: Option<Arc<str>>,
-    pub channels_claim: Box<[String]>,
+    /// The token's `info` and `channels`, behind one pointer that a
+    /// `refresh` swaps whole (a reader never sees half of two tokens).
+    claims: Mutex<Arc<ClientClaims>>,
     pub outbox: Outbox,
     /// Milliseconds since the node's start when the last frame arrived.
     pub last_seen_ms: AtomicU64,
@@ -267,6 +268,36 @@ pub struct ClientHandle {
     /// personal channels are served from the hub's user index, not from a
     /// channel entry per user. Changed only under that index's lock.
     pub(crate) personal: AtomicBool,
+    /// Where the personal channel's presence and join stand (see
+    /// `Node::connect`); one of the `PERSONAL_*` values.
+    pub(crate) personal_announce: AtomicU8,
+}
+
+/// The personal channel's presence and join are not announced yet.
+pub(crate) const PERSONAL_PENDING: u8 = 0;
+/// They are being announced.
+pub(crate) const PERSONAL_ANNOUNCING: u8 = 1;
+/// They were announced: leaving must undo them.
+pub(crate) const PERSONAL_ANNOUNCED: u8 = 2;
+/// The personal channel was left; an announcement in progress undoes itself.
+pub(crate) const PERSONAL_LEFT: u8 = 3;
+
+/// What a client's token says about what it may do and how others see it.
+#[derive(Debug, Default)]
+pub struct ClientClaims {
+    /// Raw JSON text of the token's `info` claim.
+    pub info: Option<Arc<str>>,
+    /// The token's `channels` claim: names or `prefix*` patterns.
+    pub channels: Box<[String]>,
+}
+
+impl ClientClaims {
+    pub fn new(info: Option<String>, channels: Vec<String>) -> Self {
+        ClientClaims {
+            info: info.map(Arc::from),
+            channels: channels.into_boxed_slice(),
+        }
+    }
 }
 
 /// The channels a client is in. Its own personal channel, which every client
@@ -317,6 +348,11 @@ impl Subscriptions {
         }
     }
 
+    /// The channels other than the personal one.
+    pub(crate) fn others(&self) -> &[ChannelName] {
+        &self.others
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.others.len() + usize::from(self.personal)
     }
@@ -345,8 +381,7 @@ impl ClientHandle {
             key,
             id: ClientId::new(key, salt),
             user: Arc::from(init.user),
-            info: init.info.map(Arc::from),
-            channels_claim: init.channels.into_boxed_slice(),
+            claims: Mutex::new(Arc::new(ClientClaims::new(init.info, init.channels))),
             outbox: Outbox::new(max_bytes),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
@@ -354,7 +389,18 @@ impl ClientHandle {
             subscriptions: Mutex::new(Subscriptions::default()),
             removed: AtomicBool::new(false),
             personal: AtomicBool::new(false),
+            personal_announce: AtomicU8::new(PERSONAL_PENDING),
         }
+    }
+
+    /// The token's claims now (a `refresh` may replace them).
+    pub fn claims(&self) -> Arc<ClientClaims> {
+        self.claims.lock().clone()
+    }
+
+    /// Replaces the claims (a `refresh`).
+    pub fn set_claims(&self, claims: ClientClaims) {
+        *self.claims.lock() = Arc::new(claims);
     }
 
     /// Token expiry in Unix seconds, 0 for none.

@@ -41,13 +41,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex};
 use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle,
-    WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    TableDefinition, TableHandle, WriteTransaction,
 };
 use switchboard_protocol::{ChannelName, Publication};
 
 use crate::history::{
-    HistoryError, HistoryQuery, HistoryRead, HistoryStore, Retention, new_epoch, select,
+    ChannelCounts, HistoryError, HistoryQuery, HistoryRead, HistoryStore, Retention, Sweep, Swept,
+    new_epoch, select,
 };
 
 /// When an append is durable.
@@ -142,6 +143,12 @@ struct Inner {
     wake: Condvar,
     /// Added to the wall clock; tests move time with it.
     clock_skew_ms: AtomicU64,
+    /// Channels with a row in `channels`, per namespace (the cap).
+    counts: ChannelCounts,
+    /// The last channel the previous sweep pass looked at on disk.
+    sweep_after: Mutex<Option<String>>,
+    /// The shard of in-memory slots the next sweep pass starts at.
+    sweep_next: Mutex<usize>,
 }
 
 /// History kept in a file; see the module docs for what is durable when.
@@ -164,6 +171,9 @@ macro_rules! tryx {
         $e.map_err(|e| HistoryError::Store(format!(concat!($ctx, ": {}"), e)))?
     };
 }
+
+// After `tryx!`, which it uses.
+mod sweep;
 
 impl FileHistory {
     /// Opens the history file at `path`, creating it (and its directory) when
@@ -221,6 +231,9 @@ impl FileHistory {
                 writer: Mutex::new(Writer::default()),
                 wake: Condvar::new(),
                 clock_skew_ms: AtomicU64::new(0),
+                counts: ChannelCounts::default(),
+                sweep_after: Mutex::new(None),
+                sweep_next: Mutex::new(0),
             };
             inner.prepare().map_err(|e| refuse(&e))?;
             Ok(inner)
@@ -266,6 +279,11 @@ impl FileHistory {
     pub fn close(&self) -> Result<(), HistoryError> {
         let mut w = self.inner.writer.lock();
         self.inner.commit_durable(&mut w, true)
+    }
+
+    /// Rows in the file now: `(channels, publications)` (tests and checks).
+    pub fn rows(&self) -> Result<(u64, u64), HistoryError> {
+        self.inner.rows()
     }
 
     /// Moves this store's wall clock forward (TTL tests).
@@ -373,6 +391,7 @@ impl Inner {
             }
         };
         tryx!(tx.commit(), "writing meta");
+        self.count_channels()?;
         if let Some(n) = renewed {
             tracing::warn!(
                 path = %self.path.display(),
@@ -382,6 +401,30 @@ impl Inner {
             );
         }
         Ok(())
+    }
+
+    /// Counts the channels on disk per namespace (once, at open).
+    fn count_channels(&self) -> Result<(), HistoryError> {
+        let tx = tryx!(self.db.begin_read(), "counting channels");
+        let channels = tryx!(tx.open_table(CHANNELS), "counting channels");
+        for row in tryx!(channels.iter(), "counting channels") {
+            let (name, _) = tryx!(row, "counting channels");
+            if let Ok(name) = ChannelName::parse(name.value()) {
+                self.counts.try_add(name.namespace(), 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows in the file: (channels, publications).
+    fn rows(&self) -> Result<(u64, u64), HistoryError> {
+        let tx = tryx!(self.db.begin_read(), "counting rows");
+        let channels = tryx!(tx.open_table(CHANNELS), "counting rows");
+        let pubs = tryx!(tx.open_table(PUBLICATIONS), "counting rows");
+        Ok((
+            tryx!(channels.len(), "counting rows"),
+            tryx!(pubs.len(), "counting rows"),
+        ))
     }
 
     fn slot(&self, channel: &ChannelName) -> Slot {
@@ -508,6 +551,37 @@ impl Inner {
                 from,
             )));
         }
+        // A channel's first row makes it one of its namespace's channels with
+        // history; counted before the write, given back if the write fails.
+        let new_row = !chan.on_disk;
+        if new_row {
+            self.counts
+                .try_add(channel.namespace(), retention.max_channels)?;
+        }
+        let written = self.write_append(channel, chan, next, &data, from.as_deref(), retention);
+        if new_row && written.is_err() {
+            self.counts.remove(channel.namespace());
+        }
+        written?;
+        Ok(Arc::new(Publication::new(
+            channel.clone(),
+            next,
+            chan.epoch.clone(),
+            data,
+            from,
+        )))
+    }
+
+    /// The disk part of an append: the row, the trim and the channel's position.
+    fn write_append(
+        &self,
+        channel: &ChannelName,
+        chan: &mut Chan,
+        next: u64,
+        data: &[u8],
+        from: Option<&str>,
+        retention: Retention,
+    ) -> Result<(), HistoryError> {
         let name = channel.as_str();
         let now = self.now_ms();
         let mut w = self.writer.lock();
@@ -515,10 +589,7 @@ impl Inner {
         let first = {
             let mut pubs = tryx!(tx.open_table(PUBLICATIONS), "appending");
             if !retention.keeps_nothing() {
-                tryx!(
-                    pubs.insert((name, next), (now, from.as_deref(), &data[..])),
-                    "appending"
-                );
+                tryx!(pubs.insert((name, next), (now, from, data)), "appending");
             }
             let first = trim(&mut pubs, name, chan.first, next, retention, now)?;
             let mut channels = tryx!(tx.open_table(CHANNELS), "appending");
@@ -526,6 +597,16 @@ impl Inner {
             first
         };
         tryx!(tx.commit(), "appending");
+        self.committed(&mut w, unsynced);
+        drop(w);
+        chan.offset = next;
+        chan.first = first;
+        chan.on_disk = true;
+        Ok(())
+    }
+
+    /// Bookkeeping after a commit opened by `begin_append`.
+    fn committed(&self, w: &mut Writer, unsynced: bool) {
         if unsynced {
             if w.dirty_since.is_none() {
                 w.dirty_since = Some(std::time::Instant::now());
@@ -535,17 +616,6 @@ impl Inner {
             w.dirty_since = None;
             w.flush_failed = false;
         }
-        drop(w);
-        chan.offset = next;
-        chan.first = first;
-        chan.on_disk = true;
-        Ok(Arc::new(Publication::new(
-            channel.clone(),
-            next,
-            chan.epoch.clone(),
-            data,
-            from,
-        )))
     }
 
     fn read(
@@ -603,21 +673,6 @@ impl Inner {
             }
         }
         Ok(select(stored.into_iter(), chan.offset, &chan.epoch, query))
-    }
-
-    fn sweep(&self, idle: Duration) {
-        let now = tokio::time::Instant::now();
-        for shard in self.shards.iter() {
-            // A slot nobody else holds (count 1, checked under the shard lock,
-            // where clones are made) can be dropped: it reloads from disk.
-            shard.lock().retain(|_, slot| {
-                Arc::strong_count(slot) > 1
-                    || slot.try_lock().is_some_and(|c| {
-                        c.as_ref()
-                            .is_some_and(|c| now.duration_since(c.last_used) < idle)
-                    })
-            });
-        }
     }
 }
 
@@ -680,8 +735,8 @@ impl HistoryStore for FileHistory {
         self.inner.read(channel, query, retention)
     }
 
-    fn sweep(&self, idle: Duration) {
-        self.inner.sweep(idle);
+    fn sweep(&self, pass: &Sweep<'_>) -> Swept {
+        self.inner.sweep(pass)
     }
 }
 
@@ -692,6 +747,7 @@ mod tests {
     const KEEP: Retention = Retention {
         size: 3,
         ttl: Duration::from_secs(60),
+        max_channels: 0,
     };
 
     fn ch(name: &str) -> ChannelName {
@@ -840,7 +896,7 @@ mod tests {
         let b = h
             .append(&bare, Bytes::from_static(b"1"), None, Retention::default())
             .expect("append");
-        h.sweep(Duration::ZERO);
+        h.sweep(&pass(&|_| KEEP, usize::MAX, Duration::ZERO));
         assert!(h.inner.shards.iter().all(|s| s.lock().is_empty()));
         let r = all(&h, &stored);
         assert_eq!((r.offset, &r.epoch), (4, &p[0].epoch));
@@ -850,6 +906,121 @@ mod tests {
             .expect("append");
         assert_eq!(b2.offset, 1, "a channel without history starts over");
         assert_ne!(b2.epoch, b.epoch);
+    }
+
+    fn pass<'a>(
+        retention: &'a (dyn Fn(&ChannelName) -> Retention + Sync),
+        budget: usize,
+        idle: Duration,
+    ) -> Sweep<'a> {
+        Sweep {
+            retention,
+            idle,
+            budget,
+        }
+    }
+
+    const BRIEF: Retention = Retention {
+        size: 10,
+        ttl: Duration::from_secs(1),
+        max_channels: 0,
+    };
+
+    #[test]
+    fn the_sweep_deletes_expired_rows_and_channels_from_the_file() {
+        for sync in [SyncMode::Always, SyncMode::batch()] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("h.db");
+            let keep = ch("keep:a");
+            {
+                let h = FileHistory::open(&path, sync).expect("open");
+                for i in 0..500 {
+                    let c = ch(&format!("chat:{i}"));
+                    h.append(&c, Bytes::from_static(b"1"), None, KEEP)
+                        .expect("append");
+                }
+                append(&h, &keep, 2);
+                assert_eq!(h.rows().expect("rows"), (501, 502));
+            }
+            // Reopened: nobody touches these channels again.
+            let h = FileHistory::open(&path, sync).expect("reopen");
+            let policy = |c: &ChannelName| {
+                if c.namespace() == "chat" {
+                    KEEP
+                } else {
+                    Retention {
+                        ttl: Duration::from_secs(3600),
+                        ..KEEP
+                    }
+                }
+            };
+            let first = h.sweep(&pass(&policy, usize::MAX, Duration::from_secs(300)));
+            assert_eq!((first.dropped, first.history_channels), (0, 501));
+            h.advance_clock(Duration::from_secs(61));
+            // A budget of 150 channels a pass: four passes cover them all.
+            let mut dropped = 0;
+            for _ in 0..4 {
+                let s = h.sweep(&pass(&policy, 150, Duration::from_secs(300)));
+                assert!(s.dropped <= 150, "{s:?}");
+                dropped += s.dropped;
+            }
+            assert_eq!(dropped, 500, "{sync:?}");
+            h.flush().expect("flush");
+            assert_eq!(h.rows().expect("rows"), (1, 2), "{sync:?}");
+            drop(h);
+            let h = FileHistory::open(&path, sync).expect("reopen");
+            assert_eq!(h.rows().expect("rows"), (1, 2), "deletions are on disk");
+            assert_eq!(all(&h, &keep).publications.len(), 2);
+            // A forgotten channel starts over.
+            let p = h
+                .append(&ch("chat:7"), Bytes::from_static(b"1"), None, KEEP)
+                .expect("append");
+            assert_eq!(p.offset, 1);
+        }
+    }
+
+    #[test]
+    fn a_loaded_channel_in_use_keeps_its_row_and_epoch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let h = FileHistory::open(dir.path().join("h.db"), SyncMode::Always).expect("open");
+        let c = ch("chat:a");
+        let p = h
+            .append(&c, Bytes::from_static(b"1"), None, BRIEF)
+            .expect("append");
+        h.advance_clock(Duration::from_secs(2));
+        // Used within the last TTL (tokio's clock, not the file's): kept.
+        h.sweep(&pass(&|_| BRIEF, usize::MAX, Duration::from_secs(300)));
+        assert_eq!(h.rows().expect("rows"), (1, 0), "the expired row is gone");
+        let next = h
+            .append(&c, Bytes::from_static(b"1"), None, BRIEF)
+            .expect("append");
+        assert_eq!((next.offset, &next.epoch), (2, &p.epoch));
+    }
+
+    #[test]
+    fn history_channels_per_namespace_are_capped_and_counted_from_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("h.db");
+        let capped = Retention {
+            max_channels: 2,
+            ..KEEP
+        };
+        {
+            let h = FileHistory::open(&path, SyncMode::Always).expect("open");
+            for name in ["chat:a", "chat:b"] {
+                append(&h, &ch(name), 1);
+            }
+        }
+        let h = FileHistory::open(&path, SyncMode::Always).expect("reopen");
+        let err = h
+            .append(&ch("chat:c"), Bytes::from_static(b"1"), None, capped)
+            .expect_err("the file's channels count");
+        assert!(matches!(err, HistoryError::ChannelLimit(_)), "{err}");
+        h.append(&ch("chat:a"), Bytes::from_static(b"1"), None, capped)
+            .expect("an existing channel goes on");
+        h.append(&ch("room:a"), Bytes::from_static(b"1"), None, capped)
+            .expect("another namespace");
+        assert_eq!(h.rows().expect("rows").0, 3);
     }
 
     #[test]
@@ -929,6 +1100,7 @@ mod tests {
         let keep = Retention {
             size: 1_000_000,
             ttl: Duration::from_secs(3600),
+            max_channels: 0,
         };
         use std::io::Write;
         let mut out = std::io::stdout().lock();
@@ -989,6 +1161,7 @@ mod tests {
         let keep = Retention {
             size: 1_000_000,
             ttl: Duration::from_secs(3600),
+            max_channels: 0,
         };
         let r = h
             .read(&ch("chat:a"), &since(0, &epoch), keep)
@@ -1015,6 +1188,7 @@ mod tests {
                 Retention {
                     size: 1_000_000,
                     ttl: Duration::from_secs(3600),
+                    max_channels: 0,
                 },
             )
             .expect("read");

@@ -4,6 +4,7 @@
 //! The store assigns offsets; the broker calls it while it holds the channel's
 //! publish lock, so offsets and delivery order agree.
 
+use std::collections::hash_map::Entry;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -22,6 +23,10 @@ pub struct Retention {
     pub size: usize,
     /// Age past which a publication is dropped; zero keeps none.
     pub ttl: Duration,
+    /// Channels of the namespace that may keep history at once; 0: no cap.
+    /// A publication that would start one more is refused
+    /// ([`HistoryError::ChannelLimit`]).
+    pub max_channels: usize,
 }
 
 impl Retention {
@@ -69,6 +74,76 @@ pub enum HistoryError {
     /// The store could not be read or written; nothing was changed.
     #[error("history store failed: {0}")]
     Store(String),
+    /// The namespace already has `Retention::max_channels` channels with
+    /// history; nothing was published.
+    #[error("namespace `{0}` has as many channels with history as it may keep")]
+    ChannelLimit(String),
+}
+
+/// One pass of the history sweep (see [`HistoryStore::sweep`]).
+pub struct Sweep<'a> {
+    /// The retention that governs a channel now (its namespace's).
+    pub retention: &'a (dyn Fn(&ChannelName) -> Retention + Sync),
+    /// A stream that never kept history is forgotten after this long untouched.
+    pub idle: Duration,
+    /// At most about this many streams are looked at in one pass; the next
+    /// pass goes on where this one stopped, so a pass never stalls the node.
+    pub budget: usize,
+}
+
+/// What a sweep pass did, and what the store holds after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Streams looked at.
+    pub examined: usize,
+    /// Streams forgotten.
+    pub dropped: usize,
+    /// Channels that keep history now, every namespace together.
+    pub history_channels: usize,
+}
+
+/// How many channels with history each namespace has: what
+/// `Retention::max_channels` is checked against. Touched only when a channel
+/// starts or stops keeping history, never per publication.
+#[derive(Debug, Default)]
+pub(crate) struct ChannelCounts {
+    by_namespace: Mutex<HashMap<Box<str>, usize>>,
+    total: std::sync::atomic::AtomicUsize,
+}
+
+impl ChannelCounts {
+    /// Counts one more channel in `namespace`, unless it has `max` already
+    /// (0: no cap).
+    pub(crate) fn try_add(&self, namespace: &str, max: usize) -> Result<(), HistoryError> {
+        let mut map = self.by_namespace.lock();
+        let n = match map.get_mut(namespace) {
+            Some(n) => n,
+            None => map.entry(namespace.into()).or_insert(0),
+        };
+        if max != 0 && *n >= max {
+            return Err(HistoryError::ChannelLimit(namespace.to_string()));
+        }
+        *n += 1;
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, namespace: &str) {
+        let mut map = self.by_namespace.lock();
+        if let Some(n) = map.get_mut(namespace) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(namespace);
+            }
+            self.total
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 /// Per-channel streams: offsets, epochs, stored publications.
@@ -91,10 +166,12 @@ pub trait HistoryStore: Send + Sync + 'static {
         retention: Retention,
     ) -> Result<HistoryRead, HistoryError>;
 
-    /// Forgets streams that keep nothing and were idle for `idle`, so that
-    /// one-off channels do not grow memory forever (their next publication
-    /// starts a new epoch, as the contract allows for lost history).
-    fn sweep(&self, idle: Duration);
+    /// Applies retention to streams nobody touches: trims what their TTL no
+    /// longer keeps and forgets streams left empty — at once when they kept
+    /// history (it all expired), after `idle` untouched when they never did —
+    /// so one-off channels cost nothing forever. A forgotten channel's next
+    /// publication starts a new epoch, as the contract allows for lost history.
+    fn sweep(&self, pass: &Sweep<'_>) -> Swept;
 
     /// Whether `append` waits on the disk, so callers keep it off the
     /// async workers' hot path.
@@ -114,6 +191,8 @@ struct Stream {
     offset: u64,
     stored: VecDeque<(Instant, Arc<Publication>)>,
     last_used: Instant,
+    /// Counted in its namespace's channels with history.
+    counted: bool,
 }
 
 impl Stream {
@@ -123,7 +202,23 @@ impl Stream {
             offset: 0,
             stored: VecDeque::new(),
             last_used: now,
+            counted: false,
         }
+    }
+
+    /// Whether the sweep may forget this stream now (after trimming).
+    fn forgettable(&self, retention: Retention, idle: Duration, now: Instant) -> bool {
+        if !self.stored.is_empty() {
+            return false;
+        }
+        // A stream that kept history and saw it all expire goes as soon as
+        // nobody used it for a TTL; one that never kept any, after `idle`.
+        let after = if self.counted {
+            retention.ttl.min(idle)
+        } else {
+            idle
+        };
+        now.duration_since(self.last_used) >= after
     }
 
     fn trim(&mut self, retention: Retention, now: Instant) {
@@ -147,6 +242,9 @@ const SHARDS: usize = 64;
 pub struct MemoryHistory {
     hasher: RandomState,
     shards: Box<[Mutex<HashMap<ChannelName, Stream>>]>,
+    counts: ChannelCounts,
+    /// The shard the next sweep pass starts at.
+    sweep_next: Mutex<usize>,
 }
 
 impl Default for MemoryHistory {
@@ -160,7 +258,14 @@ impl MemoryHistory {
         MemoryHistory {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            counts: ChannelCounts::default(),
+            sweep_next: Mutex::new(0),
         }
+    }
+
+    /// Streams held now, with history or not.
+    pub fn stream_count(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     fn shard(&self, channel: &ChannelName) -> &Mutex<HashMap<ChannelName, Stream>> {
@@ -220,10 +325,26 @@ impl HistoryStore for MemoryHistory {
         retention: Retention,
     ) -> Result<Arc<Publication>, HistoryError> {
         let now = Instant::now();
+        let keeps = !retention.keeps_nothing();
         let mut shard = self.shard(channel).lock();
-        let stream = shard
-            .entry(channel.clone())
-            .or_insert_with(|| Stream::new(now));
+        let stream = match shard.entry(channel.clone()) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                // Refused before the stream exists, so a refusal costs nothing.
+                if keeps {
+                    self.counts
+                        .try_add(channel.namespace(), retention.max_channels)?;
+                }
+                let s = v.insert(Stream::new(now));
+                s.counted = keeps;
+                s
+            }
+        };
+        if keeps && !stream.counted {
+            self.counts
+                .try_add(channel.namespace(), retention.max_channels)?;
+            stream.counted = true;
+        }
         stream.offset += 1;
         stream.last_used = now;
         let publication = Arc::new(Publication::new(
@@ -257,13 +378,39 @@ impl HistoryStore for MemoryHistory {
         Ok(select(stored, stream.offset, &stream.epoch, query))
     }
 
-    fn sweep(&self, idle: Duration) {
+    fn sweep(&self, pass: &Sweep<'_>) -> Swept {
         let now = Instant::now();
-        for shard in self.shards.iter() {
-            shard
-                .lock()
-                .retain(|_, s| !s.stored.is_empty() || now.duration_since(s.last_used) < idle);
+        let mut swept = Swept::default();
+        // Whole shards (a shard's lock is held for one `retain`), as many as
+        // the budget allows and at least one; the next pass goes on from there.
+        let mut next = self.sweep_next.lock();
+        for _ in 0..SHARDS {
+            let i = *next % SHARDS;
+            *next = (i + 1) % SHARDS;
+            let mut shard = self.shards[i].lock();
+            swept.examined += shard.len();
+            shard.retain(|name, s| {
+                let retention = (pass.retention)(name);
+                s.trim(retention, now);
+                if !s.forgettable(retention, pass.idle, now) {
+                    return true;
+                }
+                if s.counted {
+                    self.counts.remove(name.namespace());
+                }
+                swept.dropped += 1;
+                false
+            });
+            if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
+                shard.shrink_to_fit();
+            }
+            drop(shard);
+            if swept.examined >= pass.budget {
+                break;
+            }
         }
+        swept.history_channels = self.counts.total();
+        swept
     }
 }
 
@@ -278,6 +425,7 @@ mod tests {
     const KEEP: Retention = Retention {
         size: 3,
         ttl: Duration::from_secs(60),
+        max_channels: 0,
     };
 
     fn append(h: &MemoryHistory, n: usize) -> Vec<Arc<Publication>> {
@@ -377,11 +525,117 @@ mod tests {
             .append(&c, Bytes::from_static(b"1"), None, Retention::default())
             .expect("append");
         tokio::time::advance(Duration::from_secs(600)).await;
-        h.sweep(Duration::from_secs(300));
+        h.sweep(&pass(&|_| Retention::default(), usize::MAX));
         let next = h
             .append(&c, Bytes::from_static(b"1"), None, Retention::default())
             .expect("append");
         assert_eq!(next.offset, 1);
         assert_ne!(next.epoch, first.epoch);
+    }
+
+    fn pass<'a>(
+        retention: &'a (dyn Fn(&ChannelName) -> Retention + Sync),
+        budget: usize,
+    ) -> Sweep<'a> {
+        Sweep {
+            retention,
+            idle: Duration::from_secs(300),
+            budget,
+        }
+    }
+
+    const BRIEF: Retention = Retention {
+        size: 10,
+        ttl: Duration::from_secs(1),
+        max_channels: 0,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_forgets_streams_whose_history_expired_untouched() {
+        let h = MemoryHistory::new();
+        for i in 0..10_000 {
+            let c = ChannelName::parse(&format!("chat:{i}")).expect("valid");
+            h.append(&c, Bytes::from_static(b"1"), None, BRIEF)
+                .expect("append");
+        }
+        let policy = |_: &ChannelName| BRIEF;
+        let before = h.sweep(&pass(&policy, usize::MAX));
+        assert_eq!((before.dropped, before.history_channels), (0, 10_000));
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        let after = h.sweep(&pass(&policy, usize::MAX));
+        assert_eq!(after.examined, 10_000);
+        assert_eq!((after.dropped, after.history_channels), (10_000, 0));
+        assert_eq!(h.stream_count(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sweep_pass_stays_within_its_budget_and_the_next_goes_on() {
+        let h = MemoryHistory::new();
+        for i in 0..6_400 {
+            let c = ChannelName::parse(&format!("chat:{i}")).expect("valid");
+            h.append(&c, Bytes::from_static(b"1"), None, BRIEF)
+                .expect("append");
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let policy = |_: &ChannelName| BRIEF;
+        let mut passes = 0;
+        while h.stream_count() > 0 {
+            let s = h.sweep(&pass(&policy, 1_000));
+            // Whole shards of ~100 streams each: at most one shard past the budget.
+            assert!(s.examined < 1_400, "{s:?}");
+            passes += 1;
+            assert!(passes <= 10, "the passes must cover every shard");
+        }
+        assert!(passes >= 6, "{passes}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_used_stream_and_unexpired_history_stay() {
+        let h = MemoryHistory::new();
+        let p = append(&h, 2);
+        let policy = |_: &ChannelName| KEEP;
+        tokio::time::advance(Duration::from_secs(30)).await;
+        assert_eq!(h.sweep(&pass(&policy, usize::MAX)).dropped, 0);
+        let r = h.read(&ch(), &since(0, &p[0].epoch), KEEP).expect("read");
+        assert!(r.recovered);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_channels_per_namespace_are_capped() {
+        let h = MemoryHistory::new();
+        let capped = Retention {
+            max_channels: 2,
+            ..BRIEF
+        };
+        let c = |n: &str| ChannelName::parse(n).expect("valid");
+        for name in ["chat:a", "chat:b"] {
+            h.append(&c(name), Bytes::from_static(b"1"), None, capped)
+                .expect("under the cap");
+        }
+        // An existing channel goes on; a third is refused and not created.
+        h.append(&c("chat:a"), Bytes::from_static(b"1"), None, capped)
+            .expect("existing");
+        let err = h
+            .append(&c("chat:c"), Bytes::from_static(b"1"), None, capped)
+            .expect_err("over the cap");
+        assert!(matches!(err, HistoryError::ChannelLimit(ref ns) if ns == "chat"));
+        assert_eq!(h.stream_count(), 2);
+        // Other namespaces and channels without history are not counted.
+        h.append(&c("room:c"), Bytes::from_static(b"1"), None, capped)
+            .expect("another namespace");
+        h.append(
+            &c("chat:d"),
+            Bytes::from_static(b"1"),
+            None,
+            Retention::default(),
+        )
+        .expect("no history");
+        // Once the sweep forgets expired ones, there is room again.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        h.sweep(&pass(&|_| capped, usize::MAX));
+        let p = h
+            .append(&c("chat:c"), Bytes::from_static(b"1"), None, capped)
+            .expect("room again");
+        assert_eq!(p.offset, 1);
     }
 }

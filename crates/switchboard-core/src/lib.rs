@@ -23,10 +23,10 @@ pub mod node;
 pub mod presence;
 
 pub use broker::{Broker, BrokerError, BrokerEvents, Joined, MemoryBroker};
-pub use client::{ClientHandle, ClientId, ClientInit, Out, Outbox, PushError};
+pub use client::{ClientClaims, ClientHandle, ClientId, ClientInit, Out, Outbox, PushError};
 pub use disconnect::Disconnect;
 pub use history::{
-    HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention,
+    HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention, Sweep, Swept,
 };
 pub use hub::Hub;
 pub use metrics::Metrics;

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub handshakes_rejected: Family<ReasonLabel, Counter>,
     pub disconnects: Family<CodeLabel, Counter>,
     pub open_fds: Gauge,
+    /// Channels whose history the store keeps, as of the last sweep pass.
+    pub history_channels: Gauge,
 }
 
 /// Every reason a handshake is refused, so each series exists from the start.
@@ -75,6 +77,7 @@ impl Default for Metrics {
             handshakes_rejected: Family::default(),
             disconnects: Family::default(),
             open_fds: Gauge::default(),
+            history_channels: Gauge::default(),
         };
         for reason in REJECT_REASONS {
             let _ = m.handshakes_rejected.get_or_create(&ReasonLabel { reason });
@@ -156,6 +159,11 @@ impl Metrics {
             "open_fds",
             "Open file descriptors of the process",
             self.open_fds.clone(),
+        );
+        r.register(
+            "history_channels",
+            "Channels whose history the store keeps (updated by each sweep pass)",
+            self.history_channels.clone(),
         );
         r
     }

@@ -30,6 +30,8 @@ pub struct NamespacePolicy {
     /// How long a publication is kept; zero keeps none.
     pub history_ttl: Duration,
     pub subscribe: SubscribeRule,
+    /// Channels of this namespace that may keep history at once; 0: no cap.
+    pub history_max_channels: usize,
 }
 
 impl NamespacePolicy {
@@ -45,6 +47,7 @@ impl NamespacePolicy {
         Retention {
             size: self.history_size,
             ttl: self.history_ttl,
+            max_channels: self.history_max_channels,
         }
     }
 }
@@ -73,7 +76,9 @@ impl Namespaces {
             .unwrap_or(&self.fallback)
     }
 
-    /// Whether `user` (with its token's `channels` claim) may subscribe.
+    /// Whether `user` (with its token's `channels` claim) may subscribe —
+    /// and, in a `claims` namespace, use the channel at all (PROTOCOL §7:
+    /// the claim governs subscribe, publish, presence and history).
     pub fn may_subscribe(&self, channel: &ChannelName, user: &str, claims: &[String]) -> bool {
         if let Some(owner) = channel.personal_owner() {
             return owner == user;
@@ -84,10 +89,14 @@ impl Namespaces {
         self.policy(channel).subscribe == SubscribeRule::Any
     }
 
-    /// Whether a client may publish to `channel`. Nobody publishes to a
-    /// personal channel but the server API.
-    pub fn may_publish(&self, channel: &ChannelName) -> bool {
-        channel.personal_owner().is_none() && self.policy(channel).publish
+    /// Whether a client of `user` (with its token's `channels` claim) may
+    /// publish to `channel`: the namespace lets clients publish and, in a
+    /// `claims` namespace, the claim matches. Nobody publishes to a personal
+    /// channel but the server API.
+    pub fn may_publish(&self, channel: &ChannelName, user: &str, claims: &[String]) -> bool {
+        channel.personal_owner().is_none()
+            && self.policy(channel).publish
+            && self.may_subscribe(channel, user, claims)
     }
 }
 
@@ -104,7 +113,7 @@ mod tests {
         let ns = Namespaces::new([]);
         assert!(ns.may_subscribe(&ch("user:alice"), "alice", &[]));
         assert!(!ns.may_subscribe(&ch("user:alice"), "bob", &["*".into()]));
-        assert!(!ns.may_publish(&ch("user:alice")));
+        assert!(!ns.may_publish(&ch("user:alice"), "alice", &["*".into()]));
     }
 
     #[test]
@@ -117,6 +126,27 @@ mod tests {
         assert!(!ns.may_subscribe(&ch("vip:a"), "u", &[]));
         assert!(ns.may_subscribe(&ch("vip:a"), "u", &["vip:*".into()]));
         assert!(ns.may_subscribe(&ch("other:a"), "u", &[]));
-        assert!(!ns.may_publish(&ch("other:a")));
+        assert!(!ns.may_publish(&ch("other:a"), "u", &["*".into()]));
+    }
+
+    #[test]
+    fn in_a_claims_namespace_the_claim_governs_publish_too() {
+        let ns = Namespaces::new([
+            NamespacePolicy {
+                name: "vip".into(),
+                publish: true,
+                subscribe: SubscribeRule::Claims,
+                ..Default::default()
+            },
+            NamespacePolicy {
+                name: "chat".into(),
+                publish: true,
+                ..Default::default()
+            },
+        ]);
+        assert!(!ns.may_publish(&ch("vip:a"), "u", &[]));
+        assert!(!ns.may_publish(&ch("vip:a"), "u", &["vip:b".into()]));
+        assert!(ns.may_publish(&ch("vip:a"), "u", &["vip:*".into()]));
+        assert!(ns.may_publish(&ch("chat:a"), "u", &[]));
     }
 }

@@ -2,7 +2,7 @@
 //! the role implementations, and is the [`BrokerEvents`] sink of its broker.
 
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -12,9 +12,9 @@ use switchboard_protocol::{ChannelName, Op, Publication, StreamPosition};
 use tokio::time::Instant;
 
 use crate::broker::{Broker, BrokerError, BrokerEvents, Joined};
-use crate::client::{ClientHandle, ClientInit};
+use crate::client::{ClientClaims, ClientHandle, ClientInit};
 use crate::disconnect::Disconnect;
-use crate::history::{HistoryQuery, HistoryRead};
+use crate::history::{HistoryError, HistoryQuery, HistoryRead, Sweep};
 use crate::hub::{AddError, Hub};
 use crate::metrics::{CodeLabel, Metrics};
 use crate::namespace::Namespaces;
@@ -79,10 +79,16 @@ impl From<BrokerError> for CommandError {
             BrokerError::Unavailable(_) => {
                 CommandError::new(ErrorCode::Internal, "temporarily unavailable, retry")
             }
+            BrokerError::History(HistoryError::ChannelLimit(ns)) => CommandError::new(
+                ErrorCode::LimitExceeded,
+                format!("namespace `{ns}` keeps history for as many channels as it may"),
+            ),
             BrokerError::History(_) => CommandError::new(ErrorCode::Internal, "history failed"),
         }
     }
 }
+
+mod personal;
 
 pub struct Node {
     pub opts: NodeOptions,
@@ -94,6 +100,9 @@ pub struct Node {
     next_key: AtomicU64,
     /// Scrambles client ids (see `ClientId::new`).
     id_salt: u64,
+    /// Set once draining began: a client that connects after it is closed
+    /// at once (its handshake may have passed the server's check just before).
+    draining: AtomicBool,
     me: Weak<Node>,
 }
 
@@ -143,6 +152,7 @@ impl Node {
             started: Instant::now(),
             next_key: AtomicU64::new(1),
             id_salt: fastrand::u64(..),
+            draining: AtomicBool::new(false),
             me: weak.clone(),
         });
         broker.bind(Arc::new(Events(Arc::downgrade(&node))));
@@ -235,8 +245,76 @@ impl Node {
             client.subscriptions.lock().insert(&client.user, &personal);
             self.hub.subscribe(&personal, &client);
             self.metrics.subscriptions.inc();
+            self.announce_personal(&client, personal);
+        }
+        // After the hub has the client: a drain that began before this point
+        // either finds it there or is seen here (both orders are SeqCst), so
+        // no client is left for shutdown to wait out.
+        if self.draining.load(Ordering::SeqCst) && client.outbox.close(Disconnect::SHUTDOWN) {
+            self.count_disconnect(Disconnect::SHUTDOWN);
+            if let Some(node) = self.me.upgrade() {
+                let client = client.clone();
+                spawn(async move { node.remove_client(&client).await });
+            }
         }
         Ok(client)
+    }
+
+    /// Applies a refreshed token (PROTOCOL §2: its `exp` and its claims,
+    /// `channels` and `info`, from now on). A token for another user changes
+    /// nothing. Channels the new claims no longer allow are left, as an
+    /// unsubscribe would leave them.
+    pub fn refresh(
+        &self,
+        client: &Arc<ClientHandle>,
+        token: ClientInit,
+    ) -> Result<(), CommandError> {
+        if token.user != *client.user {
+            return Err(CommandError::new(
+                ErrorCode::Forbidden,
+                "the token names another user",
+            ));
+        }
+        client.set_expires_at(token.expires_at);
+        client.set_claims(ClientClaims::new(token.info, token.channels));
+        let claims = client.claims();
+        let withdrawn: Vec<ChannelName> = {
+            let mut subs = client.subscriptions.lock();
+            let gone: Vec<ChannelName> = subs
+                .others()
+                .iter()
+                .filter(|c| {
+                    !self
+                        .opts
+                        .namespaces
+                        .may_subscribe(c, &client.user, &claims.channels)
+                })
+                .cloned()
+                .collect();
+            for c in &gone {
+                subs.remove(&client.user, c);
+            }
+            gone
+        };
+        if !withdrawn.is_empty()
+            && let Some(node) = self.me.upgrade()
+        {
+            let client = client.clone();
+            spawn(async move {
+                for channel in withdrawn {
+                    node.leave_channel(&client, &channel).await;
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops taking clients and closes every one with `reason`: a client
+    /// whose handshake passed the server's draining check just before is
+    /// closed by `connect` itself.
+    pub async fn drain(&self, reason: Disconnect) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.close_all(reason).await;
     }
 
     /// Closes a client: its transport sends `reason` and ends; the client
@@ -272,18 +350,10 @@ impl Node {
             return;
         }
         self.metrics.subscriptions.dec();
-        let policy = self.opts.namespaces.policy(channel);
-        if policy.presence
-            && let Err(e) = self.presence.remove(channel, &client.id).await
-        {
-            tracing::warn!(error = %e, "presence remove failed");
+        if channel.personal_owner() == Some(&*client.user) && !self.leave_personal(client) {
+            return;
         }
-        if policy.join_leave {
-            let push = frame::leave(channel, &client.user, &client.id);
-            if let Err(e) = self.broker.push(channel, push).await {
-                tracing::warn!(error = %e, "leave push failed");
-            }
-        }
+        self.denounce(client, channel).await;
     }
 
     /// Handles one decoded command (all but `refresh`, which needs the
@@ -352,7 +422,7 @@ impl Node {
         since: Option<StreamPosition>,
     ) -> Result<Joined, CommandError> {
         let ns = &self.opts.namespaces;
-        if !ns.may_subscribe(channel, &client.user, &client.channels_claim) {
+        if !ns.may_subscribe(channel, &client.user, &client.claims().channels) {
             return Err(CommandError::forbidden());
         }
         let already = client.is_subscribed(channel);
@@ -368,6 +438,7 @@ impl Node {
                 user: client.user.to_string(),
                 client: client.id.to_string(),
                 info: client
+                    .claims()
                     .info
                     .as_deref()
                     .and_then(|i| serde_json::from_str(i).ok())
@@ -412,7 +483,8 @@ impl Node {
             return Err(CommandError::new(ErrorCode::Internal, "client is closing"));
         }
         if !already && policy.join_leave {
-            let push = frame::join(channel, &client.user, &client.id, client.info.as_deref());
+            let claims = client.claims();
+            let push = frame::join(channel, &client.user, &client.id, claims.info.as_deref());
             if let Err(e) = self.broker.push(channel, push).await {
                 tracing::warn!(error = %e, "join push failed");
             }
@@ -450,7 +522,11 @@ impl Node {
         channel: &ChannelName,
         data: Bytes,
     ) -> Result<StreamPosition, CommandError> {
-        if !self.opts.namespaces.may_publish(channel) {
+        if !self
+            .opts
+            .namespaces
+            .may_publish(channel, &client.user, &client.claims().channels)
+        {
             return Err(CommandError::forbidden());
         }
         self.publish(channel, data, Some(client.user.clone())).await
@@ -478,7 +554,7 @@ impl Node {
     ) -> Result<Bytes, CommandError> {
         let ns = &self.opts.namespaces;
         if !ns.policy(channel).presence
-            || !ns.may_subscribe(channel, &client.user, &client.channels_claim)
+            || !ns.may_subscribe(channel, &client.user, &client.claims().channels)
         {
             return Err(CommandError::forbidden());
         }
@@ -506,7 +582,7 @@ impl Node {
     ) -> Result<Bytes, CommandError> {
         let ns = &self.opts.namespaces;
         if ns.policy(channel).retention().keeps_nothing()
-            || !ns.may_subscribe(channel, &client.user, &client.channels_claim)
+            || !ns.may_subscribe(channel, &client.user, &client.claims().channels)
         {
             return Err(CommandError::forbidden());
         }
@@ -590,20 +666,55 @@ impl Node {
         let tick = self.heartbeat_tick();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut sweep_at = Instant::now() + Duration::from_secs(60);
+        // Retention is applied every tick (at most every 250 ms): a TTL holds
+        // within a tick or two. Each pass does a bounded amount of work.
+        let sweep_every = tick.max(Duration::from_millis(250));
+        let mut sweep_at = Instant::now();
         loop {
             ticker.tick().await;
             self.heartbeat(expire_connections).await;
             if Instant::now() >= sweep_at {
-                self.broker.sweep(Duration::from_secs(300));
-                sweep_at = Instant::now() + Duration::from_secs(60);
+                // On the blocking pool: the file store reads (and may fsync)
+                // there, never on a worker that serves clients. Awaited, so
+                // passes never overlap.
+                let node = self.clone();
+                let _ = tokio::task::spawn_blocking(move || node.sweep_history()).await;
+                sweep_at = Instant::now() + sweep_every;
             }
         }
+    }
+
+    /// One pass of the history sweep, under each channel's namespace retention.
+    pub fn sweep_history(&self) {
+        let namespaces = &self.opts.namespaces;
+        let retention = |c: &ChannelName| namespaces.policy(c).retention();
+        let swept = self.broker.sweep(&Sweep {
+            retention: &retention,
+            idle: SWEEP_IDLE,
+            budget: SWEEP_BUDGET,
+        });
+        self.metrics
+            .history_channels
+            .set(i64::try_from(swept.history_channels).unwrap_or(i64::MAX));
     }
 
     pub fn heartbeat_tick(&self) -> Duration {
         ((self.opts.ping_interval + self.opts.ping_timeout) / 10)
             .clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// A stream that never kept history is forgotten after this long untouched.
+const SWEEP_IDLE: Duration = Duration::from_secs(300);
+/// Streams one sweep pass looks at, at most (about 1-2 ms of work); more
+/// channels than that take several passes.
+const SWEEP_BUDGET: usize = 16_384;
+
+/// Spawns on the current runtime; outside one (some unit tests) the work is
+/// skipped, as nothing could be waiting for it.
+fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(task);
     }
 }
 
@@ -643,4 +754,86 @@ pub fn history_result(read: &HistoryRead) -> Bytes {
 
 fn json_str(s: &str) -> Vec<u8> {
     serde_json::to_vec(s).unwrap_or_else(|_| b"\"\"".to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::MemoryBroker;
+    use crate::history::MemoryHistory;
+    use crate::presence::MemoryPresence;
+
+    fn node() -> Arc<Node> {
+        Node::new(
+            NodeOptions::default(),
+            Arc::new(MemoryBroker::new(Arc::new(MemoryHistory::new()))),
+            Arc::new(MemoryPresence::default()),
+        )
+    }
+
+    fn init(user: &str) -> ClientInit {
+        ClientInit {
+            user: user.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The race of a handshake with SIGTERM, made deterministic: the
+    /// handshake passed its check, the drain began, then the client connects.
+    #[tokio::test]
+    async fn a_client_connecting_after_the_drain_began_is_closed_1001() {
+        let node = node();
+        let before = node.connect(init("a")).expect("connect");
+        node.drain(Disconnect::SHUTDOWN).await;
+        assert_eq!(before.outbox.closing(), Some(Disconnect::SHUTDOWN));
+        let late = node.connect(init("b")).expect("connect");
+        assert_eq!(late.outbox.closing(), Some(Disconnect::SHUTDOWN));
+        // It leaves the hub as every drained client does.
+        for _ in 0..100 {
+            if node.hub.connection_count() == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(node.hub.connection_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refresh_for_another_user_changes_nothing() {
+        let node = node();
+        let c = node
+            .connect(ClientInit {
+                user: "a".into(),
+                channels: vec!["vip:*".into()],
+                expires_at: 100,
+                ..Default::default()
+            })
+            .expect("connect");
+        let err = node
+            .refresh(
+                &c,
+                ClientInit {
+                    user: "b".into(),
+                    expires_at: 200,
+                    ..Default::default()
+                },
+            )
+            .expect_err("another user");
+        assert_eq!(err.code, ErrorCode::Forbidden);
+        assert_eq!(c.expires_at(), 100);
+        assert_eq!(&*c.claims().channels, ["vip:*".to_string()]);
+        node.refresh(
+            &c,
+            ClientInit {
+                user: "a".into(),
+                info: Some("{\"v\":2}".into()),
+                expires_at: 200,
+                ..Default::default()
+            },
+        )
+        .expect("same user");
+        assert_eq!(c.expires_at(), 200);
+        assert!(c.claims().channels.is_empty());
+        assert_eq!(c.claims().info.as_deref(), Some("{\"v\":2}"));
+    }
 }

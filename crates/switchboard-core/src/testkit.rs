@@ -17,6 +17,7 @@ use crate::history::{HistoryQuery, HistoryRead, HistoryStore, Retention};
 pub const KEEP: Retention = Retention {
     size: 3,
     ttl: Duration::from_secs(600),
+    max_channels: 0,
 };
 
 fn channel(check: &str, n: u32) -> ChannelName {

@@ -49,6 +49,7 @@ fn retention(size: usize) -> Retention {
     Retention {
         size,
         ttl: Duration::from_secs(3600),
+        max_channels: 0,
     }
 }
 

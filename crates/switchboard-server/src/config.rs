@@ -313,6 +313,9 @@ pub struct NamespaceConfig {
     pub history_ttl: Dur,
     /// `any` or `claims`.
     pub subscribe: String,
+    /// Channels of this namespace that may keep history at once; a publish
+    /// that would start one more is refused `limit_exceeded`.
+    pub history_max_channels: usize,
 }
 
 impl Default for Config {
@@ -354,11 +357,17 @@ impl Default for AuthConfig {
     }
 }
 
+/// The most a `pub` frame adds around an API publication's body: the frame's
+/// keys, a 255-byte channel name, a 20-digit offset and the epoch (the
+/// body's own `channel` key, which the frame drops, makes up the rest).
+pub const PUB_ENVELOPE_BYTES: usize = 1024;
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             key: String::new(),
-            max_body_bytes: 1 << 20,
+            // What fits the default send queue with a `pub` frame around it.
+            max_body_bytes: (1 << 20) - PUB_ENVELOPE_BYTES,
         }
     }
 }
@@ -431,6 +440,7 @@ impl Default for NamespaceConfig {
             history_size: 0,
             history_ttl: Dur::secs(0),
             subscribe: "any".into(),
+            history_max_channels: 100_000,
         }
     }
 }
@@ -494,6 +504,18 @@ impl Config {
     /// variables of `env`, then validates. Unknown environment names are
     /// returned as warnings, not errors: other tools share the prefix.
     pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<(Config, Vec<String>), ConfigError> {
+        let (config, warnings) = Config::load_unvalidated(file, env)?;
+        config.validate()?;
+        Ok((config, warnings))
+    }
+
+    /// [`Config::load`] without [`Config::validate`]: for commands that need
+    /// a part of the config only (`switchboard token` needs the secret, not
+    /// the API key a server needs).
+    pub fn load_unvalidated(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<(Config, Vec<String>), ConfigError> {
@@ -564,7 +586,6 @@ impl Config {
         let config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e| ConfigError(format!("config: {e}")))?;
-        config.validate()?;
         Ok((config, warnings))
     }
 
@@ -683,6 +704,27 @@ impl Config {
                     "namespaces[{i}].history_ttl: must be above 0 when history_size is set"
                 ));
             }
+            if ns.history_max_channels == 0 {
+                errs.push(format!(
+                    "namespaces[{i}].history_max_channels: must be above 0"
+                ));
+            }
+        }
+        // An API publication reaches each subscriber as one `pub` frame in its
+        // send queue: one that cannot fit would close every subscriber 1013.
+        let largest_pub = self.api.max_body_bytes.saturating_add(PUB_ENVELOPE_BYTES);
+        if self.api.max_body_bytes > 0 && largest_pub > self.ws.send_queue_max_bytes {
+            errs.push(format!(
+                "api.max_body_bytes ({}) plus the `pub` frame around it ({} bytes) must fit \
+                 ws.send_queue_max_bytes ({}): lower api.max_body_bytes to at most {} or raise \
+                 ws.send_queue_max_bytes to at least {largest_pub}",
+                self.api.max_body_bytes,
+                PUB_ENVELOPE_BYTES,
+                self.ws.send_queue_max_bytes,
+                self.ws
+                    .send_queue_max_bytes
+                    .saturating_sub(PUB_ENVELOPE_BYTES),
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -707,6 +749,7 @@ impl Config {
                 } else {
                     SubscribeRule::Any
                 },
+                history_max_channels: n.history_max_channels,
             })
             .collect()
     }
@@ -723,7 +766,7 @@ impl Config {
                     join_leave: true,
                     history_size: 100,
                     history_ttl: Dur::secs(600),
-                    subscribe: "any".into(),
+                    ..Default::default()
                 },
                 NamespaceConfig {
                     name: "user".into(),
@@ -829,6 +872,42 @@ mod tests {
         let text = include_str!("../../../config/switchboard.example.toml");
         let parsed: Config = toml::from_str(text).expect("example parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn a_body_that_cannot_fit_a_send_queue_stops_the_start() {
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_API_MAX_BODY_BYTES".into(), "1048576".into()));
+        let err = Config::load(None, e).expect_err("contradicting sizes").0;
+        assert!(
+            err.contains("api.max_body_bytes") && err.contains("ws.send_queue_max_bytes"),
+            "{err}"
+        );
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_API_MAX_BODY_BYTES".into(), "1048576".into()));
+        e.push((
+            "SWITCHBOARD_WS_SEND_QUEUE_MAX_BYTES".into(),
+            "1049600".into(),
+        ));
+        Config::load(None, e).expect("a queue that fits the body");
+        Config::load(None, env(OK)).expect("the defaults agree");
+    }
+
+    #[test]
+    fn history_max_channels_must_be_above_zero() {
+        let mut c = Config::default();
+        c.auth.hmac_secret = "0123456789abcdef0123".into();
+        c.api.key = "k".into();
+        c.namespaces.push(NamespaceConfig {
+            name: "chat".into(),
+            history_max_channels: 0,
+            ..Default::default()
+        });
+        let err = c.validate().expect_err("zero cap").0;
+        assert!(err.contains("namespaces[0].history_max_channels"), "{err}");
+        c.namespaces[0].history_max_channels = 10;
+        c.validate().expect("valid");
+        assert_eq!(c.namespace_policies()[0].history_max_channels, 10);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use switchboard_server::auth::{Claims, mint_hs256};
+use switchboard_server::auth::Claims;
 use switchboard_server::config::{Config, Dur};
 use switchboard_server::{fds, server};
 use tracing_subscriber::EnvFilter;
@@ -116,21 +116,41 @@ fn token(
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let ttl = Dur::parse(ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-    let (cfg, _) = Config::load(config.as_deref(), env_vars())?;
+    // Minting needs the secret (and the audience and issuer the server will
+    // check), not the API key or anything else a server needs to start.
+    let (cfg, _) = Config::load_unvalidated(config.as_deref(), env_vars())?;
+    let auth = &cfg.auth;
     anyhow::ensure!(
-        !cfg.auth.hmac_secret.is_empty(),
-        "auth.hmac_secret is not set: tokens for key files are minted by your auth service"
+        !auth.hmac_secret.is_empty(),
+        "auth.hmac_secret is not set (SWITCHBOARD_AUTH_HMAC_SECRET or --config): \
+         tokens for key files are minted by your auth service"
     );
-    let claims = Claims {
+    anyhow::ensure!(
+        auth.hmac_secret.len() >= 16,
+        "auth.hmac_secret: must be at least 16 bytes"
+    );
+    let mut claims = serde_json::to_value(Claims {
         sub,
         exp: Some(jsonwebtoken::get_current_timestamp() + ttl.0.as_secs()),
         channels,
         info: None,
-    };
-    println!(
-        "{}",
-        mint_hs256(&cfg.auth.hmac_secret, &claims).map_err(anyhow::Error::msg)?
-    );
+    })?;
+    // A server configured with an audience or issuer refuses tokens without them.
+    if let Some(obj) = claims.as_object_mut() {
+        if !auth.audience.is_empty() {
+            obj.insert("aud".into(), auth.audience.clone().into());
+        }
+        if !auth.issuer.is_empty() {
+            obj.insert("iss".into(), auth.issuer.clone().into());
+        }
+    }
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(auth.hmac_secret.as_bytes()),
+    )
+    .context("cannot sign the token")?;
+    println!("{token}");
     Ok(())
 }
 

@@ -136,7 +136,9 @@ pub async fn drain(state: &AppState) {
         clients = state.node.hub.connection_count(),
         "draining: closing every client with 1001"
     );
-    state.node.close_all(Disconnect::SHUTDOWN).await;
+    // The node closes, too, a client whose handshake passed the check above
+    // just before it was set.
+    state.node.drain(Disconnect::SHUTDOWN).await;
     let deadline = tokio::time::Instant::now() + state.cfg.shutdown_timeout.0;
     while state.live_transports.load(Ordering::Acquire) > 0
         && tokio::time::Instant::now() < deadline

@@ -56,6 +56,37 @@ async fn malformed_bodies_get_400_and_change_nothing() {
 }
 
 #[tokio::test]
+async fn an_idempotency_key_is_accepted_on_publish_and_broadcast() {
+    // PROTOCOL §5 lets a caller send one (the SDKs do by default); it is not
+    // honoured yet, but must not turn the call into a 400.
+    let s = TestServer::start(config()).await;
+    let r = s
+        .http(
+            "POST",
+            "/api/publish",
+            Some(r#"{"channel": "chat:k", "data": 1, "idempotency_key": "k1"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = s
+        .http(
+            "POST",
+            "/api/broadcast",
+            Some(r#"{"channels": ["chat:k"], "data": 2, "idempotency_key": "k2"}"#),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = s
+        .http(
+            "POST",
+            "/api/publish",
+            Some(r#"{"channel": "chat:k", "data": 1, "idempotency_key": 5}"#),
+        )
+        .await;
+    assert_eq!(r.status, 400, "a key is a string");
+}
+
+#[tokio::test]
 async fn publish_broadcast_and_history() {
     let s = TestServer::start(config()).await;
     let mut a = s.client("alice").await;

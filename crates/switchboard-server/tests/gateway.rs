@@ -68,6 +68,7 @@ async fn two_hundred_publications_reach_three_subscribers_in_offset_order() {
 async fn a_client_that_never_reads_is_closed_1013_while_others_get_everything() {
     let mut cfg = config();
     cfg.ws.send_queue_max_bytes = 256 * 1024;
+    cfg.api.max_body_bytes = 255 * 1024;
     let s = TestServer::start(cfg).await;
     // The slow client: a tiny receive buffer, and nobody reads it.
     let slow_sock = tokio::net::TcpSocket::new_v4().expect("socket");

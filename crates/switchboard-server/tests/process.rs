@@ -211,6 +211,61 @@ fn default_config_prints_every_key_and_token_mints_a_valid_token() {
 }
 
 #[tokio::test]
+async fn token_needs_only_the_secret_and_the_server_accepts_what_it_mints() {
+    // No API key anywhere: minting needs the secret only.
+    let (ok, out, err) = run(
+        &["token", "--sub", "alice"],
+        &[("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET)],
+    );
+    assert!(ok, "token refused without an API key: {err}");
+    let minted = out.trim().to_string();
+    let (mut child, addr, _logs) = spawn(
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+        ],
+        &[],
+    );
+    let c = Client::connect(addr, &minted).await;
+    assert_eq!(c.welcome["user"], "alice");
+    signal(&child, "-TERM");
+    wait_exit(&mut child, Duration::from_secs(10));
+
+    // A config file with an audience and issuer (and still no API key): the
+    // token carries them, so a server checking them accepts it.
+    let dir = tempfile::tempdir().expect("dir");
+    let f = dir.path().join("auth.toml");
+    std::fs::write(
+        &f,
+        format!("[auth]\nhmac_secret = \"{SECRET}\"\naudience = \"app\"\nissuer = \"me\"\n"),
+    )
+    .expect("write");
+    let path = f.to_str().expect("utf8");
+    let (ok, out, err) = run(&["token", "--sub", "bob", "--config", path], &[]);
+    assert!(ok, "{err}");
+    let cfg = switchboard_server::config::AuthConfig {
+        hmac_secret: SECRET.into(),
+        audience: "app".into(),
+        issuer: "me".into(),
+        ..Default::default()
+    };
+    let v = switchboard_server::auth::Verifier::from_config(&cfg).expect("verifier");
+    let claims = v
+        .verify(&switchboard_server::auth::Token::new(out.trim()))
+        .expect("valid for the configured audience and issuer");
+    assert_eq!(claims.sub, "bob");
+
+    // Without a secret it says which key is missing; a short one is refused.
+    let (ok, _, err) = run(&["token", "--sub", "alice"], &[]);
+    assert!(!ok && err.contains("auth.hmac_secret"), "{err}");
+    let (ok, _, err) = run(
+        &["token", "--sub", "alice"],
+        &[("SWITCHBOARD_AUTH_HMAC_SECRET", "short")],
+    );
+    assert!(!ok && err.contains("16 bytes"), "{err}");
+}
+
+#[tokio::test]
 async fn no_token_reaches_the_logs_at_any_level() {
     let (mut child, addr, logs) = spawn(
         &[

@@ -80,6 +80,11 @@ fn command_error(e: CommandError) -> Response {
 pub struct PublishBody {
     channel: String,
     data: Box<RawValue>,
+    /// Accepted as PROTOCOL §5 allows it, so SDKs can send it today; not
+    /// honoured yet (no deduplication window on this node).
+    #[serde(default)]
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
 }
 
 fn raw_bytes(v: Box<RawValue>) -> Result<Bytes, Response> {
@@ -122,6 +127,11 @@ pub async fn publish(State(st): State<SharedState>, req: Request) -> Response {
 pub struct BroadcastBody {
     channels: Vec<String>,
     data: Box<RawValue>,
+    /// Accepted as PROTOCOL §5 allows it, so SDKs can send it today; not
+    /// honoured yet (no deduplication window on this node).
+    #[serde(default)]
+    #[allow(dead_code)]
+    idempotency_key: Option<String>,
 }
 
 pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response {

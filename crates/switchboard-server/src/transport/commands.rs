@@ -69,7 +69,7 @@ async fn text_chat(
 
 fn refresh(
     st: &AppState,
-    client: &ClientHandle,
+    client: &Arc<ClientHandle>,
     token: &Token,
 ) -> Result<bytes::Bytes, switchboard_core::CommandError> {
     use switchboard_core::CommandError;
@@ -77,13 +77,16 @@ fn refresh(
         .verifier
         .verify(token)
         .map_err(|e| CommandError::new(ErrorCode::Unauthorized, e.to_string()))?;
-    if claims.sub != *client.user {
-        return Err(CommandError::new(
-            ErrorCode::Forbidden,
-            "the token names another user",
-        ));
-    }
-    client.set_expires_at(claims.exp.unwrap_or(0));
-    let body = serde_json::json!({ "expires_at": claims.exp });
-    Ok(bytes::Bytes::from(body.to_string()))
+    let exp = claims.exp;
+    // The node applies the token's exp and claims (PROTOCOL §2).
+    let token = switchboard_core::ClientInit {
+        user: claims.sub,
+        info: claims.info.map(|v| v.to_string()),
+        channels: claims.channels,
+        expires_at: exp.unwrap_or(0),
+    };
+    st.node.refresh(client, token)?;
+    Ok(bytes::Bytes::from(
+        serde_json::json!({ "expires_at": exp }).to_string(),
+    ))
 }

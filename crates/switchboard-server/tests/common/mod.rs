@@ -41,7 +41,7 @@ pub fn config() -> Config {
             join_leave: true,
             history_size: 1000,
             history_ttl: Dur::secs(600),
-            subscribe: "any".into(),
+            ..Default::default()
         },
         NamespaceConfig {
             name: "user".into(),
