@@ -1,32 +1,27 @@
 //! The WebSocket frame decoder (`switchboard_protocol::websocket::Decoder`) on
 //! arbitrary client bytes: it never panics, what it yields obeys RFC 6455 and
 //! the size limit, and feeding the bytes in arbitrary pieces (as the transport
-//! does, keeping an incomplete frame for the next read) decodes exactly as
-//! feeding them at once.
+//! does) decodes exactly as feeding them at once, and counts the same frames.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use switchboard_protocol::websocket::{Decoder, Message, ProtocolError, close_code_is_valid};
 
 /// Decodes `chunks` one after the other, the way the transport does.
-fn run(max: usize, chunks: &[&[u8]]) -> (Vec<Message>, Option<ProtocolError>) {
+fn run(max: usize, chunks: &[&[u8]]) -> (Vec<Message>, Option<ProtocolError>, usize) {
     let mut dec = Decoder::new(max);
-    let mut pending: Vec<u8> = Vec::new();
     let mut out = Vec::new();
+    let mut frames = 0;
     for chunk in chunks {
-        pending.extend_from_slice(chunk);
-        match dec.decode(&pending, &mut out) {
-            Ok(used) => {
-                assert!(used <= pending.len());
-                pending.drain(..used);
-            }
-            Err(e) => return (out, Some(e)),
+        match dec.decode(chunk, &mut out) {
+            Ok(n) => frames += n,
+            Err(e) => return (out, Some(e), frames),
         }
         if matches!(out.last(), Some(Message::Close(..))) {
             break;
         }
     }
-    (out, None)
+    (out, None, frames)
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -35,7 +30,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let max = usize::from(*limit) * 4;
-    let (whole, whole_err) = run(max, &[rest]);
+    let (whole, whole_err, whole_frames) = run(max, &[rest]);
+    assert!(whole_frames >= whole.len());
     for m in &whole {
         match m {
             Message::Text(t) => assert!(t.len() <= max),
@@ -55,11 +51,15 @@ fuzz_target!(|data: &[u8]| {
     // The same bytes in pieces of `cut` bytes (and one byte at a time for short inputs).
     let step = usize::from(*cut).max(1);
     let pieces: Vec<&[u8]> = rest.chunks(step).collect();
-    let (split, split_err) = run(max, &pieces);
+    let (split, split_err, split_frames) = run(max, &pieces);
     assert_eq!(whole, split, "pieces of {step}");
     assert_eq!(whole_err, split_err, "pieces of {step}");
+    if whole_err.is_none() {
+        assert_eq!(whole_frames, split_frames, "pieces of {step}");
+    }
     if rest.len() <= 64 {
         let bytes: Vec<&[u8]> = rest.chunks(1).collect();
-        assert_eq!(run(max, &bytes), (whole, whole_err));
+        let (one, one_err, _) = run(max, &bytes);
+        assert_eq!((one, one_err), (whole, whole_err));
     }
 });

@@ -47,6 +47,8 @@ struct OutboxState {
     /// Whether that task wants to hear of new frames (not while its socket is
     /// stalled: then only a close wakes it).
     wants_frames: bool,
+    /// A protocol ping is in the queue: another would add nothing.
+    ping_queued: bool,
 }
 
 impl OutboxState {
@@ -92,6 +94,7 @@ impl Outbox {
             let dropped = st.queue.len() + 1;
             st.queue = VecDeque::new();
             st.bytes = 0;
+            st.ping_queued = false;
             st.closing = Some(Disconnect::SLOW);
             let waker = st.waker_for(false);
             drop(st);
@@ -106,10 +109,13 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues a protocol ping (it is not counted against the byte bound).
+    /// Queues a protocol ping. It is not counted against the byte bound, so
+    /// at most one waits in the queue: a client that has not taken the last
+    /// one gets no second.
     pub fn push_ping(&self) {
         let mut st = self.state.lock();
-        if st.closing.is_none() {
+        if st.closing.is_none() && !st.ping_queued {
+            st.ping_queued = true;
             st.queue.push_back(Out::Ping);
             let waker = st.waker_for(true);
             drop(st);
@@ -141,6 +147,7 @@ impl Outbox {
     pub fn take(&self) -> (VecDeque<Out>, Option<Disconnect>) {
         let mut st = self.state.lock();
         st.bytes = 0;
+        st.ping_queued = false;
         (std::mem::take(&mut st.queue), st.closing)
     }
 
@@ -538,6 +545,20 @@ mod tests {
         let (v, closing) = o.take();
         assert_eq!(closing, Some(Disconnect::KICKED));
         assert_eq!(v.len(), 1);
+    }
+
+    /// Protocol pings bypass the byte bound, so a client that takes nothing
+    /// holds one, however many heartbeats pass.
+    #[test]
+    fn at_most_one_ping_waits() {
+        let o = Outbox::new(10);
+        for _ in 0..100 {
+            o.push_ping();
+        }
+        let (v, _) = o.take();
+        assert_eq!(v.len(), 1);
+        o.push_ping();
+        assert_eq!(o.take().0.len(), 1);
     }
 
     /// Every connection holds one handle in an `Arc`: past 256 bytes the

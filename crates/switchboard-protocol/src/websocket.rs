@@ -1,9 +1,9 @@
 //! The WebSocket framing of RFC 6455, server side, without I/O.
 //!
-//! [`Decoder`] turns bytes a client sent into [`Message`]s; it keeps no buffer
-//! of its own between calls except an unfinished fragmented message, so an
+//! [`Decoder`] turns bytes a client sent, in whatever pieces they arrive, into
+//! [`Message`]s; it keeps only what an incomplete frame or message needs, so an
 //! idle connection costs nothing here. The transport reads into a scratch
-//! buffer shared per thread and keeps only an incomplete frame's bytes.
+//! buffer shared per thread.
 //! [`frame_header`] writes a server frame's header; payloads are written after
 //! it as they are (server frames are not masked), so one encoded payload is
 //! shared by every recipient.
@@ -64,192 +64,311 @@ pub fn close_code_is_valid(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999)
 }
 
-/// Decodes client frames. Holds only a fragmented message in progress.
+/// Decodes client frames as their bytes arrive, in any pieces.
+///
+/// Every byte is looked at once: a frame's header is gathered in a 14-byte
+/// array, its payload is unmasked straight into the message it belongs to
+/// (one growing buffer per incomplete message), and text is checked for UTF-8
+/// only in the bytes that are new since the last check (backing up at most 3
+/// for a code point split between pieces). So a message that arrives in many
+/// small reads or in many small fragments costs what its bytes cost, once.
+/// An idle decoder ([`Decoder::is_idle`]) holds no allocation.
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
-    /// Opcode and payload of a fragmented message in progress.
-    fragments: Option<(u8, Vec<u8>)>,
+    /// The header of the next frame, while it is incomplete.
+    head: [u8; MAX_HEAD],
+    head_len: u8,
+    /// The frame whose payload is arriving.
+    frame: Option<Frame>,
+    /// The data message the current or last frame belongs to, while it is
+    /// unfinished (a fragmented message, or one frame arriving in parts).
+    message: Option<Partial>,
+}
+
+/// The longest frame header: 2 bytes, 8 of extended length, 4 of mask.
+const MAX_HEAD: usize = 14;
+
+#[derive(Debug)]
+struct Frame {
+    op: u8,
+    fin: bool,
+    mask: [u8; 4],
+    /// Payload bytes still to come.
+    left: usize,
+    /// Payload bytes already unmasked: the mask's phase.
+    done: usize,
+    /// A control frame's payload (at most 125 bytes); data frames go straight
+    /// into the message.
+    control: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Partial {
+    op: u8,
+    buf: Vec<u8>,
+    /// For text, `buf[..checked]` is valid UTF-8: only what follows is checked
+    /// when more arrives.
+    checked: usize,
+}
+
+impl Partial {
+    /// Checks the text that arrived since the last check. An incomplete code
+    /// point at the end stays unchecked until its other bytes come.
+    fn check_new_text(&mut self) -> Result<(), ProtocolError> {
+        if self.op != opcode::TEXT || self.checked == self.buf.len() {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.buf[self.checked..]) {
+            Ok(_) => self.checked = self.buf.len(),
+            Err(e) if e.error_len().is_none() => self.checked += e.valid_up_to(),
+            Err(_) => return Err(ProtocolError::InvalidUtf8),
+        }
+        Ok(())
+    }
 }
 
 impl Decoder {
     pub fn new(max_message: usize) -> Self {
         Decoder {
             max_message,
-            fragments: None,
+            head: [0; MAX_HEAD],
+            head_len: 0,
+            frame: None,
+            message: None,
         }
     }
 
-    /// No fragmented message is in progress: the decoder holds nothing.
+    /// Nothing is in progress: no partial header, frame or message.
     pub fn is_idle(&self) -> bool {
-        self.fragments.is_none()
+        self.head_len == 0 && self.frame.is_none() && self.message.is_none()
     }
 
-    /// Decodes every complete frame at the start of `input`, pushing finished
-    /// messages to `out`. Returns how many bytes were used; the rest is an
-    /// incomplete frame the caller keeps for the next call. After an error the
+    /// Decodes `input`, which continues whatever the previous calls were given,
+    /// pushing finished messages to `out`. Every byte is used: an incomplete
+    /// frame is kept in the decoder. Returns how many frames were completed
+    /// (fragments and control frames included), which is what the rate limit
+    /// counts. Bytes after a close frame are ignored. After an error the
     /// connection must be closed with the error's code.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<Message>) -> Result<usize, ProtocolError> {
-        let mut used = 0;
+    pub fn decode(
+        &mut self,
+        mut input: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<usize, ProtocolError> {
+        let mut frames = 0;
         loop {
-            let rest = &input[used..];
-            match self.frame(rest, out)? {
-                Some(n) => used += n,
-                None => return Ok(used),
+            if self.frame.is_none() {
+                if input.is_empty() {
+                    break;
+                }
+                let used = self.read_head(input)?;
+                input = &input[used..];
+                if self.frame.is_none() {
+                    break;
+                }
             }
+            let used = self.read_payload(input);
+            input = &input[used..];
+            if self.frame.as_ref().is_some_and(|f| f.left > 0) {
+                break;
+            }
+            self.end_frame(out)?;
+            frames += 1;
             if matches!(out.last(), Some(Message::Close(..))) {
                 // Nothing after a close counts.
-                return Ok(input.len());
+                return Ok(frames);
             }
+        }
+        // Fail fast on text that can no longer become UTF-8.
+        if let Some(m) = self.message.as_mut() {
+            m.check_new_text()?;
+        }
+        Ok(frames)
+    }
+
+    /// Takes header bytes from `input`; once the header is whole, starts its
+    /// frame. Each part is checked as soon as it is there, so an oversized
+    /// frame is refused from its length alone. Returns the bytes used.
+    fn read_head(&mut self, input: &[u8]) -> Result<usize, ProtocolError> {
+        let mut used = 0;
+        // The header's parts: the first two bytes, the extended length, the mask.
+        for part in 0..3 {
+            let need = match part {
+                0 => 2,
+                1 => self.length_end(),
+                _ => self.length_end() + 4,
+            };
+            let have = usize::from(self.head_len);
+            if have < need {
+                let n = (need - have).min(input.len() - used);
+                self.head[have..have + n].copy_from_slice(&input[used..used + n]);
+                self.head_len += n as u8;
+                used += n;
+                if have + n < need {
+                    return Ok(used);
+                }
+                match part {
+                    0 => self.check_first_bytes()?,
+                    1 => {
+                        self.payload_len()?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let left = self.payload_len()?;
+        let op = self.head[0] & 0x0F;
+        let is_control = op & 0x8 != 0;
+        let at = self.length_end();
+        let mut mask = [0u8; 4];
+        mask.copy_from_slice(&self.head[at..at + 4]);
+        if !is_control && self.message.is_none() {
+            self.message = Some(Partial {
+                op,
+                buf: Vec::new(),
+                checked: 0,
+            });
+        }
+        self.frame = Some(Frame {
+            op,
+            fin: self.head[0] & 0x80 != 0,
+            mask,
+            left,
+            done: 0,
+            control: if is_control {
+                Vec::with_capacity(left)
+            } else {
+                Vec::new()
+            },
+        });
+        self.head_len = 0;
+        Ok(used)
+    }
+
+    /// Where the header's length ends (and its mask begins).
+    fn length_end(&self) -> usize {
+        match self.head[1] & 0x7F {
+            126 => 4,
+            127 => 10,
+            _ => 2,
         }
     }
 
-    /// Decodes one frame; `None` when `input` does not hold a whole one yet.
-    fn frame(
-        &mut self,
-        input: &[u8],
-        out: &mut Vec<Message>,
-    ) -> Result<Option<usize>, ProtocolError> {
-        if input.len() < 2 {
-            return Ok(None);
-        }
-        let b0 = input[0];
-        let b1 = input[1];
-        let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
-            return Err(ProtocolError::Protocol("reserved bits set"));
-        }
-        let op = b0 & 0x0F;
-        if b1 & 0x80 == 0 {
-            return Err(ProtocolError::Protocol("client frames must be masked"));
-        }
-        let (len, mut pos) = match b1 & 0x7F {
-            126 => {
-                if input.len() < 4 {
-                    return Ok(None);
-                }
-                (u64::from(u16::from_be_bytes([input[2], input[3]])), 4)
-            }
+    /// The payload length of the header gathered so far (its length part is
+    /// whole), checked against the message size limit.
+    fn payload_len(&self) -> Result<usize, ProtocolError> {
+        let len = match self.head[1] & 0x7F {
+            126 => u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
             127 => {
-                if input.len() < 10 {
-                    return Ok(None);
-                }
                 let mut b = [0u8; 8];
-                b.copy_from_slice(&input[2..10]);
+                b.copy_from_slice(&self.head[2..10]);
                 let n = u64::from_be_bytes(b);
                 if n >> 63 != 0 {
                     return Err(ProtocolError::Protocol(
                         "payload length has its top bit set",
                     ));
                 }
-                (n, 10)
+                n
             }
-            n => (u64::from(n), 2),
+            n => u64::from(n),
         };
-        let is_control = op & 0x8 != 0;
-        if is_control {
-            if !fin {
+        let len = usize::try_from(len).map_err(|_| ProtocolError::TooLarge)?;
+        let is_control = self.head[0] & 0x8 != 0;
+        let so_far = self.message.as_ref().map_or(0, |m| m.buf.len());
+        if !is_control && len > self.max_message.saturating_sub(so_far) {
+            return Err(ProtocolError::TooLarge);
+        }
+        Ok(len)
+    }
+
+    /// The checks the first two header bytes allow.
+    fn check_first_bytes(&self) -> Result<(), ProtocolError> {
+        let (b0, b1) = (self.head[0], self.head[1]);
+        if b0 & 0x70 != 0 {
+            return Err(ProtocolError::Protocol("reserved bits set"));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(ProtocolError::Protocol("client frames must be masked"));
+        }
+        let op = b0 & 0x0F;
+        if op & 0x8 != 0 {
+            if b0 & 0x80 == 0 {
                 return Err(ProtocolError::Protocol("fragmented control frame"));
             }
-            if len > 125 {
+            if b1 & 0x7F > 125 {
                 return Err(ProtocolError::Protocol("control frame over 125 bytes"));
             }
         }
         match op {
-            opcode::CONTINUATION
-            | opcode::TEXT
-            | opcode::BINARY
-            | opcode::CLOSE
-            | opcode::PING
-            | opcode::PONG => {}
-            _ => return Err(ProtocolError::Protocol("unknown opcode")),
-        }
-        let so_far = self.fragments.as_ref().map_or(0, |(_, p)| p.len()) as u64;
-        if !is_control && len.saturating_add(so_far) > self.max_message as u64 {
-            return Err(ProtocolError::TooLarge);
-        }
-        if input.len() < pos + 4 {
-            return Ok(None);
-        }
-        let mask = [input[pos], input[pos + 1], input[pos + 2], input[pos + 3]];
-        pos += 4;
-        let len = len as usize;
-        let Some(end) = pos.checked_add(len) else {
-            return Err(ProtocolError::TooLarge);
-        };
-        if input.len() < end {
-            return Ok(None);
-        }
-        let payload = &input[pos..end];
-        match op {
-            opcode::CONTINUATION => {
-                let Some((first_op, mut buf)) = self.fragments.take() else {
-                    return Err(ProtocolError::Protocol("continuation without a message"));
-                };
-                unmask_into(payload, mask, &mut buf);
-                if fin {
-                    out.push(finish(first_op, buf)?);
-                } else {
-                    if first_op == opcode::TEXT {
-                        check_utf8_prefix(&buf)?;
-                    }
-                    self.fragments = Some((first_op, buf));
-                }
+            opcode::CLOSE | opcode::PING | opcode::PONG => Ok(()),
+            opcode::CONTINUATION if self.message.is_none() => {
+                Err(ProtocolError::Protocol("continuation without a message"))
             }
-            opcode::TEXT | opcode::BINARY => {
-                if self.fragments.is_some() {
-                    return Err(ProtocolError::Protocol(
-                        "new message inside a fragmented one",
-                    ));
-                }
-                let mut buf = Vec::with_capacity(len);
-                unmask_into(payload, mask, &mut buf);
-                if fin {
-                    out.push(finish(op, buf)?);
-                } else {
-                    if op == opcode::TEXT {
-                        check_utf8_prefix(&buf)?;
-                    }
-                    self.fragments = Some((op, buf));
+            opcode::TEXT | opcode::BINARY if self.message.is_some() => Err(
+                ProtocolError::Protocol("new message inside a fragmented one"),
+            ),
+            opcode::CONTINUATION | opcode::TEXT | opcode::BINARY => Ok(()),
+            _ => Err(ProtocolError::Protocol("unknown opcode")),
+        }
+    }
+
+    /// Unmasks what `input` holds of the current frame's payload into where it
+    /// belongs. Returns the bytes used.
+    fn read_payload(&mut self, input: &[u8]) -> usize {
+        let Some(frame) = self.frame.as_mut() else {
+            return 0;
+        };
+        let n = frame.left.min(input.len());
+        let target = match self.message.as_mut() {
+            Some(m) if frame.op & 0x8 == 0 => &mut m.buf,
+            _ => &mut frame.control,
+        };
+        target.reserve(n);
+        let (mask, phase) = (frame.mask, frame.done);
+        // The mask restarts with every frame (RFC 6455 §5.3).
+        target.extend(
+            input[..n]
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[(phase + i) & 3]),
+        );
+        frame.left -= n;
+        frame.done += n;
+        n
+    }
+
+    /// The current frame is whole: a control frame becomes a message, a data
+    /// frame finishes its message or leaves it waiting for the next fragment.
+    fn end_frame(&mut self, out: &mut Vec<Message>) -> Result<(), ProtocolError> {
+        let Some(frame) = self.frame.take() else {
+            return Ok(());
+        };
+        match frame.op {
+            opcode::PING => out.push(Message::Ping(frame.control)),
+            opcode::PONG => out.push(Message::Pong(frame.control)),
+            opcode::CLOSE => out.push(close_message(&frame.control)?),
+            _ if frame.fin => {
+                if let Some(m) = self.message.take() {
+                    out.push(finish(m)?);
                 }
             }
             _ => {
-                let mut buf = Vec::with_capacity(len);
-                unmask_into(payload, mask, &mut buf);
-                out.push(match op {
-                    opcode::PING => Message::Ping(buf),
-                    opcode::PONG => Message::Pong(buf),
-                    _ => close_message(&buf)?,
-                });
+                if let Some(m) = self.message.as_mut() {
+                    m.check_new_text()?;
+                }
             }
         }
-        Ok(Some(end))
+        Ok(())
     }
 }
 
-fn unmask_into(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
-    // The mask restarts with every frame (RFC 6455 §5.3).
-    out.reserve(payload.len());
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-}
-
-fn finish(op: u8, buf: Vec<u8>) -> Result<Message, ProtocolError> {
-    if op == opcode::TEXT {
-        String::from_utf8(buf)
+fn finish(m: Partial) -> Result<Message, ProtocolError> {
+    if m.op == opcode::TEXT {
+        String::from_utf8(m.buf)
             .map(Message::Text)
             .map_err(|_| ProtocolError::InvalidUtf8)
     } else {
-        Ok(Message::Binary(buf))
-    }
-}
-
-/// Fails fast when an unfinished text message can no longer become UTF-8.
-fn check_utf8_prefix(buf: &[u8]) -> Result<(), ProtocolError> {
-    match std::str::from_utf8(buf) {
-        Ok(_) => Ok(()),
-        // An incomplete code point at the very end may still be completed.
-        Err(e) if e.error_len().is_none() => Ok(()),
-        Err(_) => Err(ProtocolError::InvalidUtf8),
+        Ok(Message::Binary(m.buf))
     }
 }
 
@@ -324,6 +443,7 @@ mod tests {
         f
     }
 
+    /// The messages and the number of frames `bytes` complete.
     fn decode_all(d: &mut Decoder, bytes: &[u8]) -> Result<(Vec<Message>, usize), ProtocolError> {
         let mut out = Vec::new();
         let n = d.decode(bytes, &mut out)?;
@@ -342,7 +462,7 @@ mod tests {
             &close_payload(1000, "bye"),
         ));
         let (msgs, n) = decode_all(&mut d, &bytes).expect("valid");
-        assert_eq!(n, bytes.len());
+        assert_eq!(n, 4);
         assert_eq!(
             msgs,
             vec![
@@ -356,16 +476,83 @@ mod tests {
 
     #[test]
     fn incomplete_frames_wait_for_more_bytes() {
-        let mut d = Decoder::new(1 << 20);
         let f = client_frame(true, opcode::TEXT, &[b'a'; 300]);
         for cut in [0, 1, 2, 3, 7, 299, f.len() - 1] {
-            let (msgs, n) = decode_all(&mut d, &f[..cut]).expect("valid so far");
+            let mut d = Decoder::new(1 << 20);
+            let (msgs, frames) = decode_all(&mut d, &f[..cut]).expect("valid so far");
             assert!(msgs.is_empty());
-            assert_eq!(n, 0);
+            assert_eq!(frames, 0);
+            assert_eq!(d.is_idle(), cut == 0);
+            let (msgs, frames) = decode_all(&mut d, &f[cut..]).expect("valid");
+            assert_eq!(frames, 1);
+            assert_eq!(msgs, vec![Message::Text("a".repeat(300))]);
+            assert!(d.is_idle());
         }
-        let (msgs, n) = decode_all(&mut d, &f).expect("valid");
-        assert_eq!(n, f.len());
-        assert_eq!(msgs.len(), 1);
+    }
+
+    /// Frames are counted whether or not they finish a message.
+    #[test]
+    fn every_frame_is_counted() {
+        let mut d = Decoder::new(1 << 20);
+        let mut bytes = client_frame(false, opcode::TEXT, b"a");
+        bytes.extend(client_frame(true, opcode::PING, b""));
+        bytes.extend(client_frame(false, opcode::CONTINUATION, b"b"));
+        bytes.extend(client_frame(true, opcode::CONTINUATION, b"c"));
+        bytes.extend(client_frame(true, opcode::PONG, b""));
+        let (msgs, frames) = decode_all(&mut d, &bytes).expect("valid");
+        assert_eq!(frames, 5);
+        assert_eq!(msgs.len(), 3);
+    }
+
+    /// Text split anywhere, even inside a code point and one byte per
+    /// fragment, decodes; text that can no longer be UTF-8 fails before the
+    /// message ends.
+    #[test]
+    fn text_is_checked_across_fragments_and_reads() {
+        let text = "aé€😀z".repeat(50);
+        let mut bytes = Vec::new();
+        let raw = text.as_bytes();
+        for (i, b) in raw.iter().enumerate() {
+            let op = if i == 0 {
+                opcode::TEXT
+            } else {
+                opcode::CONTINUATION
+            };
+            bytes.extend(client_frame(i + 1 == raw.len(), op, &[*b]));
+        }
+        let mut d = Decoder::new(1 << 20);
+        let mut out = Vec::new();
+        let mut frames = 0;
+        for piece in bytes.chunks(5) {
+            frames += d.decode(piece, &mut out).expect("valid");
+        }
+        assert_eq!(frames, raw.len());
+        assert_eq!(out, vec![Message::Text(text.clone())]);
+
+        // An invalid byte in the first fragment fails at once.
+        let mut d = Decoder::new(1 << 20);
+        let bad = client_frame(false, opcode::TEXT, &[b'a', 0xff]);
+        assert_eq!(
+            decode_all(&mut d, &bad).map(|_| ()),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // A code point cut short by a fragment then broken by the next fails
+        // with the next, although the message is not finished.
+        let mut d = Decoder::new(1 << 20);
+        let mut bytes = client_frame(false, opcode::TEXT, &[0xe2, 0x82]);
+        assert!(decode_all(&mut d, &bytes).is_ok());
+        bytes = client_frame(false, opcode::CONTINUATION, b"x");
+        assert_eq!(
+            decode_all(&mut d, &bytes).map(|_| ()),
+            Err(ProtocolError::InvalidUtf8)
+        );
+        // An invalid byte in a frame that has only partly arrived fails too.
+        let mut d = Decoder::new(1 << 20);
+        let f = client_frame(true, opcode::TEXT, &[b'a', b'b', 0xc0, b'c', b'd', b'e']);
+        assert_eq!(
+            decode_all(&mut d, &f[..f.len() - 2]).map(|_| ()),
+            Err(ProtocolError::InvalidUtf8)
+        );
     }
 
     #[test]
@@ -459,23 +646,78 @@ mod tests {
 
         #[test]
         fn any_split_of_valid_frames_decodes_the_same(
-            texts in proptest::collection::vec("[a-zé]{0,200}", 1..5),
-            cut in 0usize..2000,
+            texts in proptest::collection::vec("[a-zé€😀]{0,200}", 1..5),
+            cuts in proptest::collection::vec(0usize..3000, 0..8),
         ) {
             let mut bytes = Vec::new();
             for t in &texts {
                 bytes.extend(client_frame(true, opcode::TEXT, t.as_bytes()));
             }
-            let cut = cut.min(bytes.len());
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.push(0);
+            cuts.push(bytes.len());
+            cuts.sort_unstable();
             let mut d = Decoder::new(1 << 20);
             let mut out = Vec::new();
-            let used = d.decode(&bytes[..cut], &mut out).expect("valid");
-            let mut rest = bytes[used..].to_vec();
-            let used2 = d.decode(&rest, &mut out).expect("valid");
-            rest.drain(..used2);
-            prop_assert!(rest.is_empty());
+            let mut frames = 0;
+            for w in cuts.windows(2) {
+                frames += d.decode(&bytes[w[0]..w[1]], &mut out).expect("valid");
+            }
+            prop_assert!(d.is_idle());
+            prop_assert_eq!(frames, texts.len());
             let got: Vec<String> = out.into_iter().map(|m| match m { Message::Text(t) => t, _ => String::new() }).collect();
             prop_assert_eq!(got, texts);
+        }
+
+        /// A text message cut into fragments at any byte (code points split
+        /// included), its frames cut into reads anywhere, decodes to itself;
+        /// with one byte spoiled it fails with 1007, and the same way however
+        /// it was cut.
+        #[test]
+        fn fragmented_text_is_checked_incrementally(
+            text in "[a-zé€😀]{1,120}",
+            frag_cuts in proptest::collection::vec(0usize..500, 0..10),
+            read_step in 1usize..40,
+            spoil in proptest::option::of(0usize..500),
+        ) {
+            let mut raw = text.as_bytes().to_vec();
+            if let Some(at) = spoil {
+                let at = at % raw.len();
+                raw[at] = 0xff;
+            }
+            let mut cuts: Vec<usize> = frag_cuts.into_iter().map(|c| c % raw.len()).collect();
+            cuts.push(0);
+            cuts.push(raw.len());
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut bytes = Vec::new();
+            let n = cuts.len() - 1;
+            for (i, w) in cuts.windows(2).enumerate() {
+                let op = if i == 0 { opcode::TEXT } else { opcode::CONTINUATION };
+                bytes.extend(client_frame(i + 1 == n, op, &raw[w[0]..w[1]]));
+            }
+            let mut whole = Decoder::new(1 << 20);
+            let mut out_whole = Vec::new();
+            let whole_result = whole.decode(&bytes, &mut out_whole).map(|_| ());
+            let mut d = Decoder::new(1 << 20);
+            let mut out = Vec::new();
+            let mut result = Ok(());
+            for piece in bytes.chunks(read_step) {
+                if let Err(e) = d.decode(piece, &mut out) {
+                    result = Err(e);
+                    break;
+                }
+            }
+            if spoil.is_some() {
+                prop_assert_eq!(result, Err(ProtocolError::InvalidUtf8));
+                prop_assert_eq!(whole_result, Err(ProtocolError::InvalidUtf8));
+                prop_assert!(out.is_empty());
+            } else {
+                prop_assert_eq!(result, Ok(()));
+                prop_assert_eq!(whole_result, Ok(()));
+                prop_assert_eq!(&out, &vec![Message::Text(text.clone())]);
+                prop_assert_eq!(out_whole, out);
+            }
         }
     }
 }
