@@ -5,11 +5,14 @@
 //! holes from history, once, for every broker. [`MemoryBroker`] does it inside
 //! one process, through that same path.
 
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use switchboard_protocol::{ChannelName, Publication, StreamPosition};
 
 use crate::history::{
@@ -117,6 +120,13 @@ pub trait Broker: Send + Sync + 'static {
 
 /// Runs a step that waits on the disk (an fsync) without stalling the other
 /// tasks of its worker thread, where the runtime allows it.
+fn position(publication: &Publication) -> StreamPosition {
+    StreamPosition {
+        offset: publication.offset,
+        epoch: publication.epoch.to_string(),
+    }
+}
+
 fn blocking<T>(step: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -127,14 +137,26 @@ fn blocking<T>(step: impl FnOnce() -> T) -> T {
 }
 
 /// The single-process broker: offsets and storage from a [`HistoryStore`],
-/// delivery straight to the bound node. It holds no lock of its own: the
-/// store orders offsets, and concurrent publishers may hand their
-/// publications to the node in any order (the node's streams put them back).
-/// It delivers every channel to its one node, so `subscribe` has nothing to do.
+/// delivery straight to the bound node. It delivers every channel to its one
+/// node, so `subscribe` has nothing to do.
+///
+/// An append that waits on the disk holds no lock of the broker's: the store
+/// orders offsets, concurrent publishers may hand their publications to the
+/// node in any order, and the node's streams put them back (filling a hole
+/// that outlives the reorder window from the file). An append that does not
+/// wait (the memory store) is handed on under a per-shard lock instead: a publisher preempted between its append and its
+/// delivery for longer than the reorder window would otherwise turn into a
+/// `lost` on a channel with no history to fill from.
 pub struct MemoryBroker {
     history: Arc<dyn HistoryStore>,
     events: OnceLock<Arc<dyn BrokerEvents>>,
+    hasher: RandomState,
+    /// Held only across a non-blocking append and its hand-off (no await,
+    /// no fsync under it).
+    order: Box<[Mutex<()>]>,
 }
+
+const ORDER_SHARDS: usize = 64;
 
 impl std::fmt::Debug for MemoryBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -147,6 +169,8 @@ impl MemoryBroker {
         MemoryBroker {
             history,
             events: OnceLock::new(),
+            hasher: RandomState::new(),
+            order: (0..ORDER_SHARDS).map(|_| Mutex::new(())).collect(),
         }
     }
 
@@ -180,17 +204,18 @@ impl Broker for MemoryBroker {
     ) -> Result<StreamPosition, BrokerError> {
         let events = self.events()?;
         let append = || self.history.append(channel, data, from, retention);
-        // The store answers once the publication is durable (its fsync is
-        // shared with concurrent appends); no lock is held meanwhile.
         let publication = if self.history.blocks() {
-            blocking(append)
+            // The store answers once the publication is durable (its fsync
+            // is shared with concurrent appends); no lock is held meanwhile.
+            blocking(append)?
         } else {
-            append()
-        }?;
-        let position = StreamPosition {
-            offset: publication.offset,
-            epoch: publication.epoch.to_string(),
+            let shard = self.hasher.hash_one(channel) as usize % ORDER_SHARDS;
+            let _order = self.order[shard].lock();
+            let publication = append()?;
+            events.on_publication(publication.clone());
+            return Ok(position(&publication));
         };
+        let position = position(&publication);
         events.on_publication(publication);
         Ok(position)
     }
