@@ -51,6 +51,7 @@ async fn subscribe_with_since_and_no_id_delivers_what_it_recovered_as_pub_frames
 async fn a_history_larger_than_the_send_queue_never_closes_its_reader() {
     let mut cfg = config();
     cfg.ws.send_queue_max_bytes = 16 * 1024;
+    cfg.api.max_body_bytes = 8 * 1024;
     let s = TestServer::start(cfg).await;
     let text = "x".repeat(1000);
     let mut epoch = String::new();
