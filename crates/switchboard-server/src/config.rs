@@ -231,6 +231,9 @@ pub struct ApiConfig {
     pub key: String,
     /// Largest request body accepted on `/api/*`, in bytes.
     pub max_body_bytes: usize,
+    /// `/api/*` requests served at once; past it `503` + `Retry-After`
+    /// (operations endpoints are not counted).
+    pub max_concurrent_requests: usize,
 }
 
 impl fmt::Debug for ApiConfig {
@@ -238,6 +241,7 @@ impl fmt::Debug for ApiConfig {
         f.debug_struct("ApiConfig")
             .field("key", &redact(&self.key))
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
             .finish()
     }
 }
@@ -359,6 +363,7 @@ impl Default for ApiConfig {
         ApiConfig {
             key: String::new(),
             max_body_bytes: 1 << 20,
+            max_concurrent_requests: 128,
         }
     }
 }
@@ -592,6 +597,9 @@ impl Config {
         }
         if self.api.max_body_bytes == 0 {
             errs.push("api.max_body_bytes: must be above 0".into());
+        }
+        if self.api.max_concurrent_requests == 0 {
+            errs.push("api.max_concurrent_requests: must be above 0".into());
         }
         for o in &self.ws.allowed_origins {
             if !(o.starts_with("http://") || o.starts_with("https://")) {

@@ -123,3 +123,260 @@ async fn a_fin_right_after_the_upgrade_request_is_noticed() {
     }
     assert_eq!(srv.state.node.hub.connection_count(), 0);
 }
+
+/// A history store that fails every append to channels named `chat:fail…`,
+/// as a store that lost its disk (or its connection) would.
+struct FailingHistory(switchboard_core::MemoryHistory);
+
+impl switchboard_core::HistoryStore for FailingHistory {
+    fn append(
+        &self,
+        channel: &switchboard_protocol::ChannelName,
+        data: bytes::Bytes,
+        from: Option<std::sync::Arc<str>>,
+        retention: switchboard_core::Retention,
+    ) -> Result<std::sync::Arc<switchboard_protocol::Publication>, switchboard_core::HistoryError>
+    {
+        if channel.as_str().starts_with("chat:fail") {
+            return Err(switchboard_core::HistoryError::Store("the disk is gone".into()));
+        }
+        self.0.append(channel, data, from, retention)
+    }
+
+    fn read(
+        &self,
+        channel: &switchboard_protocol::ChannelName,
+        query: &switchboard_core::HistoryQuery,
+        retention: switchboard_core::Retention,
+    ) -> Result<switchboard_core::HistoryRead, switchboard_core::HistoryError> {
+        self.0.read(channel, query, retention)
+    }
+
+    fn sweep(&self, idle: Duration) {
+        self.0.sweep(idle)
+    }
+}
+
+/// An in-process server whose node stores history in `FailingHistory`.
+async fn start_with_failing_history() -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    use std::sync::Arc;
+    use switchboard_core::{MemoryBroker, MemoryPresence, Namespaces, Node, NodeOptions};
+    let cfg = config();
+    let state = switchboard_server::server::build_state(cfg.clone(), false).expect("state");
+    let Ok(mut st) = Arc::try_unwrap(state) else {
+        panic!("the state is shared before the server runs");
+    };
+    let history = Arc::new(FailingHistory(switchboard_core::MemoryHistory::new()));
+    let node = Node::new(
+        NodeOptions {
+            namespaces: Namespaces::new(cfg.namespace_policies()),
+            ..Default::default()
+        },
+        Arc::new(MemoryBroker::new(history)),
+        Arc::new(MemoryPresence::default()),
+    );
+    st.registry = node.metrics.registry();
+    st.node = node;
+    let listener =
+        switchboard_server::server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(switchboard_server::server::run(Arc::new(st), listener, async {
+        let _ = rx.await;
+    }));
+    (addr, tx)
+}
+
+/// A broadcast that fails part-way publishes every channel it can and says,
+/// channel by channel, which were published (offset, epoch) and which were
+/// not (error): the caller retries only those, and nothing is duplicated.
+#[tokio::test]
+async fn a_broadcast_that_fails_part_way_says_which_channels_were_published() {
+    let (addr, _stop) = start_with_failing_history().await;
+    let key = format!("Bearer {API_KEY}");
+    let auth = [("Authorization", key.as_str())];
+    let mut watcher = Client::connect(addr, &token("watcher", 3600, &[])).await;
+    watcher.subscribe("chat:a").await;
+    watcher.subscribe("chat:b").await;
+
+    let body = r#"{"channels":["chat:a","chat:fail","chat:b"],"data":{"n":1}}"#;
+    let r = http(addr, "POST", "/api/broadcast", &auth, Some(body)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let v = r.json();
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("1 of 3")), "{v}");
+    let results = v["results"].as_array().expect("results");
+    assert_eq!(results.len(), 3, "{v}");
+    assert_eq!(results[0]["channel"], "chat:a");
+    assert_eq!(results[0]["offset"], 1, "{v}");
+    assert!(results[0]["epoch"].is_string() && results[0].get("error").is_none());
+    assert_eq!(results[1]["channel"], "chat:fail");
+    assert_eq!(results[1]["error"]["code"], "unavailable", "{v}");
+    assert!(results[1]["error"]["message"].is_string() && results[1].get("offset").is_none());
+    assert_eq!(results[2]["channel"], "chat:b");
+    assert_eq!(results[2]["offset"], 1, "{v}");
+
+    // The watcher got each published channel once.
+    for ch in ["chat:a", "chat:b"] {
+        let p = watcher.recv_type("pub").await;
+        assert_eq!(p["channel"], ch);
+        assert_eq!(p["offset"], 1);
+    }
+    // Retrying what failed publishes nothing twice.
+    let retry = r#"{"channels":["chat:fail"],"data":{"n":1}}"#;
+    let r = http(addr, "POST", "/api/broadcast", &auth, Some(retry)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(watcher.quiet_for(Duration::from_millis(300)).await);
+
+    // All published: 200 and results only.
+    let ok = r#"{"channels":["chat:a","chat:b"],"data":{"n":2}}"#;
+    let r = http(addr, "POST", "/api/broadcast", &auth, Some(ok)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert!(v.get("error").is_none(), "{v}");
+    assert_eq!(v["results"][0]["offset"], 2, "{v}");
+    assert_eq!(v["results"][1]["offset"], 2, "{v}");
+}
+
+/// Under a flood of `/api` requests from a backend (slow bodies that hold
+/// memory, and fast publishes on fresh connections), `/health`, `/ready` and
+/// `/metrics` keep answering quickly, the flood past
+/// `api.max_concurrent_requests` gets `503` + `Retry-After`, the server's
+/// memory stays within a bound (without the bound, every slow body held its
+/// megabyte: ~200 MiB here), and the API serves again once the flood is gone.
+#[test]
+fn an_api_flood_leaves_health_answering_and_memory_bounded() {
+    let srv = common::proc::ServerProcess::start(
+        &common::proc::base_config(),
+        &[("SWITCHBOARD_API_MAX_CONCURRENT_REQUESTS", "16")],
+    );
+    let addr = srv.addr;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let baseline = srv.rss_kib();
+    let cpu_before = srv.cpu();
+    let flood_for = Duration::from_secs(4);
+    let (health_max, rss_max, answered_503, answered_200) = rt.block_on(async {
+        let started = Instant::now();
+        let key = format!("Bearer {API_KEY}");
+        // 200 connections each sending most of a ~1 MB body, then holding it.
+        let mut slow = Vec::new();
+        for i in 0..200u32 {
+            let key = key.clone();
+            slow.push(tokio::spawn(async move {
+                let Ok(mut s) = TcpStream::connect(addr).await else {
+                    return;
+                };
+                let len = 1_040_000usize;
+                let head = format!(
+                    "POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: {key}\r\n\
+                     Content-Type: application/json\r\nContent-Length: {len}\r\n\r\n\
+                     {{\"channel\":\"chat:slow-{i}\",\"data\":\""
+                );
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'a'; 64 * 1024];
+                let mut sent = head.len();
+                while sent + chunk.len() < len - 1024 {
+                    if s.write_all(&chunk).await.is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+                // Hold the connection (and the server's buffer) open.
+                tokio::time::sleep(flood_for).await;
+            }));
+        }
+        // 32 publishers as fast as they can, each on fresh connections.
+        let mut fast = Vec::new();
+        for i in 0..32u32 {
+            let key = key.clone();
+            fast.push(tokio::spawn(async move {
+                let (mut ok, mut busy) = (0u32, 0u32);
+                let mut n = 0u32;
+                while started.elapsed() < flood_for {
+                    n += 1;
+                    let body = format!(r#"{{"channel":"chat:flood-{i}-{n}","data":{{"n":{n}}}}}"#);
+                    let auth = [("Authorization", key.as_str())];
+                    let Some(r) = try_http(addr, "POST", "/api/publish", &auth, Some(&body)).await
+                    else {
+                        continue;
+                    };
+                    match r.status {
+                        200 => ok += 1,
+                        503 => {
+                            assert!(r.header("retry-after").is_some(), "503 without Retry-After");
+                            busy += 1;
+                        }
+                        s => panic!("unexpected {s}: {}", r.body),
+                    }
+                }
+                (ok, busy)
+            }));
+        }
+        // Meanwhile: the operations endpoints, polled, and the server's RSS.
+        let mut health_max = Duration::ZERO;
+        let mut rss_max = baseline;
+        let mut polls = 0u32;
+        while started.elapsed() < flood_for {
+            for path in ["/health", "/ready", "/metrics"] {
+                let t = Instant::now();
+                let r = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    http(addr, "GET", path, &[], None),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("{path} did not answer within 10 s"));
+                assert_eq!(r.status, 200, "{path}: {}", r.body);
+                health_max = health_max.max(t.elapsed());
+                polls += 1;
+            }
+            rss_max = rss_max.max(common::proc::rss_kib(srv.pid()));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(polls >= 15, "only {polls} operations polls");
+        let (mut ok, mut busy) = (0, 0);
+        for f in fast {
+            let (o, b) = f.await.expect("publisher");
+            ok += o;
+            busy += b;
+        }
+        for s in slow {
+            s.abort();
+        }
+        // The slow bodies held every permit; once their connections are
+        // gone, so are the permits, and the API serves again.
+        let key = [("Authorization", key.as_str())];
+        let body = r#"{"channel":"chat:after","data":{}}"#;
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            let r = http(addr, "POST", "/api/publish", &key, Some(body)).await;
+            if r.status == 200 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the API stayed busy after the flood: {}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (health_max, rss_max, busy, ok)
+    });
+    let cpu = srv.cpu() - cpu_before;
+    let growth_mib = (rss_max.saturating_sub(baseline)) as f64 / 1024.0;
+    eprintln!(
+        "api flood: /health, /ready, /metrics slowest {health_max:?}; RSS {baseline} KiB -> max {rss_max} KiB \
+         (+{growth_mib:.1} MiB); publishes 200: {answered_200}, 503: {answered_503}; server CPU {cpu:?}"
+    );
+    assert!(
+        health_max < Duration::from_secs(1),
+        "an operations endpoint took {health_max:?} under the flood"
+    );
+    assert!(answered_503 > 0, "the flood never met the bound");
+    assert!(
+        growth_mib <= 64.0,
+        "server RSS grew {growth_mib:.1} MiB under the API flood"
+    );
+}
