@@ -138,7 +138,9 @@ impl switchboard_core::HistoryStore for FailingHistory {
     ) -> Result<std::sync::Arc<switchboard_protocol::Publication>, switchboard_core::HistoryError>
     {
         if channel.as_str().starts_with("chat:fail") {
-            return Err(switchboard_core::HistoryError::Store("the disk is gone".into()));
+            return Err(switchboard_core::HistoryError::Store(
+                "the disk is gone".into(),
+            ));
         }
         self.0.append(channel, data, from, retention)
     }
@@ -181,9 +183,13 @@ async fn start_with_failing_history() -> (std::net::SocketAddr, tokio::sync::one
         switchboard_server::server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(switchboard_server::server::run(Arc::new(st), listener, async {
-        let _ = rx.await;
-    }));
+    tokio::spawn(switchboard_server::server::run(
+        Arc::new(st),
+        listener,
+        async {
+            let _ = rx.await;
+        },
+    ));
     (addr, tx)
 }
 
@@ -205,7 +211,12 @@ async fn a_broadcast_that_fails_part_way_says_which_channels_were_published() {
     assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
     let v = r.json();
     assert_eq!(v["error"]["code"], "unavailable", "{v}");
-    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("1 of 3")), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("1 of 3")),
+        "{v}"
+    );
     let results = v["results"].as_array().expect("results");
     assert_eq!(results.len(), 3, "{v}");
     assert_eq!(results[0]["channel"], "chat:a");
@@ -359,7 +370,11 @@ fn an_api_flood_leaves_health_answering_and_memory_bounded() {
             if r.status == 200 {
                 break;
             }
-            assert!(Instant::now() < deadline, "the API stayed busy after the flood: {}", r.body);
+            assert!(
+                Instant::now() < deadline,
+                "the API stayed busy after the flood: {}",
+                r.body
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         (health_max, rss_max, busy, ok)
@@ -379,4 +394,140 @@ fn an_api_flood_leaves_health_answering_and_memory_bounded() {
         growth_mib <= 64.0,
         "server RSS grew {growth_mib:.1} MiB under the API flood"
     );
+}
+
+/// With an allowlist, the `Origin` of a handshake is parsed and compared by
+/// scheme, host and port (default ports normalized); a `*.` entry matches
+/// whole labels only; anything that is not a well-formed origin, or two
+/// `Origin` headers, is refused `403` before the upgrade.
+#[tokio::test]
+async fn origins_are_compared_parsed_and_malformed_ones_are_refused_403() {
+    let mut cfg = config();
+    cfg.ws.allowed_origins = vec![
+        "http://localhost:8000".into(),
+        "https://*.example.com".into(),
+        "https://app.example.org:443".into(),
+    ];
+    let srv = TestServer::start(cfg).await;
+    let path = format!("/ws?token={}", srv.token("origin"));
+    let cases: &[(&[&str], u16)] = &[
+        (&[], 101),
+        (&["http://localhost:8000"], 101),
+        (&["HTTP://LOCALHOST:8000"], 101),
+        (&["https://a.example.com"], 101),
+        (&["https://a.b.example.com:443"], 101),
+        (&["https://app.example.org"], 101),
+        (&["http://localhost:8001"], 403),
+        (&["http://localhost"], 403),
+        (&["https://example.com"], 403),
+        (&["https://badexample.com"], 403),
+        (&["https://example.com.evil.net"], 403),
+        (&["https://a.example.com.evil.net"], 403),
+        (&["http://a.example.com"], 403),
+        (&["null"], 403),
+        (&["http://localhost:8000/"], 403),
+        (&["http://user@localhost:8000"], 403),
+        (&["http://local host:8000"], 403),
+        (&["https://a..example.com"], 403),
+        (&["http://localhost:8000", "http://localhost:8000"], 403),
+    ];
+    for (origins, want) in cases {
+        let extra: Vec<(&str, &str)> = origins.iter().map(|o| ("Origin", *o)).collect();
+        let r = raw_http(srv.addr, &upgrade_request(srv.addr, &path, &extra)).await;
+        assert_eq!(r.status, *want, "Origin {origins:?}: {}", r.body);
+        if *want == 403 {
+            assert_eq!(r.error_code(), "forbidden");
+        }
+    }
+}
+
+/// A config whose `ws.allowed_origins` holds something that is not an
+/// origin stops the start, with a message naming the key.
+#[test]
+fn an_allowed_origin_that_is_not_an_origin_stops_the_start() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for bad in [
+        "example.com",
+        "https://example.com/",
+        "https://a.*.com",
+        "https://x:99999",
+    ] {
+        let f = dir.path().join("c.toml");
+        let text = format!(
+            "{}\n",
+            common::proc::base_config().replace(
+                "[api]",
+                &format!("[ws]\nallowed_origins = [\"http://localhost:8000\", \"{bad}\"]\n\n[api]")
+            )
+        );
+        std::fs::write(&f, text).expect("write");
+        let out = std::process::Command::new(common::proc::BIN)
+            .arg("check-config")
+            .arg(&f)
+            .env_clear()
+            .output()
+            .expect("run check-config");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad}: accepted");
+        assert!(err.contains("ws.allowed_origins[1]"), "{bad}: {err}");
+    }
+}
+
+/// Secrets, and credentials inside URLs, appear in no output of the binary:
+/// the start log (at debug level, the whole effective config),
+/// `default-config`, and `check-config`'s errors.
+#[test]
+fn no_secret_or_url_credential_is_printed() {
+    let config = common::proc::base_config().replace(
+        "[api]",
+        "[broker]\nredis_url = \"redis://:redis-pass-xyz@cache:6379/0\"\n\n[api]",
+    );
+    let srv = common::proc::ServerProcess::start(&config, &[("RUST_LOG", "debug")]);
+    std::thread::sleep(Duration::from_millis(300));
+    let logs = srv.kill();
+    assert!(logs.contains("effective configuration"), "{logs}");
+    assert!(logs.contains("redis://<redacted>@cache:6379/0"), "{logs}");
+    for secret in [SECRET, API_KEY, "redis-pass-xyz"] {
+        assert!(!logs.contains(secret), "{secret} in the start log:\n{logs}");
+    }
+
+    let out = std::process::Command::new(common::proc::BIN)
+        .arg("default-config")
+        .env_clear()
+        .output()
+        .expect("default-config");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("[broker]"));
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let f = dir.path().join("c.toml");
+    for (text, secret) in [
+        (
+            "[auth]\nhmac_secret = \"unterminated-secret-0123\n",
+            "unterminated-secret-0123",
+        ),
+        ("[api]\nkey = 1234567890123\n", "1234567890123"),
+        (
+            "[auth]\njwks_url = \"ftp://user:jwks-pass-xyz@idp/jwks\"\n[api]\nkey = \"k\"\n",
+            "jwks-pass-xyz",
+        ),
+    ] {
+        std::fs::write(&f, text).expect("write");
+        let out = std::process::Command::new(common::proc::BIN)
+            .arg("check-config")
+            .arg(&f)
+            .env_clear()
+            .output()
+            .expect("check-config");
+        assert!(!out.status.success(), "{text}: accepted");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !all.contains(secret),
+            "{secret} printed by check-config: {all}"
+        );
+    }
 }

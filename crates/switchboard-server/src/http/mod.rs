@@ -4,6 +4,7 @@
 pub mod api;
 pub mod front;
 pub mod ops;
+pub mod origin;
 pub mod ws;
 
 use std::sync::Arc;
