@@ -393,3 +393,23 @@ pub async fn bad_frames(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_are_masked_with_the_right_length_encoding() {
+        let ping = client_frame(0x89, b"");
+        assert_eq!(ping, [0x89, 0x80, 0, 0, 0, 0]);
+        let small = client_frame(0x01, b"x");
+        assert_eq!(small, [0x01, 0x81, 0, 0, 0, 0, b'x']);
+        let mid = client_frame(0x81, &[b'a'; 300]);
+        assert_eq!(&mid[..4], &[0x81, 0x80 | 126, 0x01, 0x2c]);
+        assert_eq!(mid.len(), 4 + 4 + 300);
+        let big = client_frame(0x82, &vec![0; 70_000]);
+        assert_eq!(big[1], 0x80 | 127);
+        assert_eq!(&big[2..10], &70_000u64.to_be_bytes());
+        assert_eq!(big.len(), 10 + 4 + 70_000);
+    }
+}
