@@ -1,8 +1,8 @@
 //! `hostile`: every attack of issue 10 at once against one server that also
 //! holds N idle clients and serves a steady publisher and a watcher, for a
 //! fixed time. Prints the server's RSS and CPU, the watcher's delivery loss
-//! and `/health`'s latency every `--sample` seconds: under attack all of them
-//! must stay flat, and loss must stay 0.
+//! and `/health`'s slowest latency every `--sample` seconds: under attack all
+//! of them must stay flat, and loss must stay 0.
 //!
 //! The server should run with `bench/switchboard-soak.toml` (a `bench`
 //! namespace clients may publish in, a `hist` namespace that keeps history,
@@ -71,6 +71,14 @@ const WATCHED: &str = "bench:soak";
 /// A channel only the never-reading attackers subscribe to, fed big
 /// publications so that their queues fill within seconds.
 const BULK: &str = "bench:bulk";
+
+/// `/health` between two samples: the slowest answer and the probes that
+/// got none within 10 s.
+#[derive(Debug, Default)]
+struct HealthWindow {
+    max_ms: f64,
+    timeouts: u64,
+}
 
 /// What the watcher saw.
 struct Watch {
@@ -299,8 +307,8 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
         duration.as_secs_f64()
     );
     eprintln!(
-        "{:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9}",
-        "t_s", "rss_mib", "cpu_pct", "gen_pct", "acked", "seen", "lost", "health_ms"
+        "{:>6} {:>9} {:>8} {:>8} {:>8} {:>8} {:>6} {:>9} {:>5}",
+        "t_s", "rss_mib", "cpu_pct", "gen_pct", "acked", "seen", "lost", "health_ms", "h>10s"
     );
     let started = Instant::now();
     let end = (started + duration).min(ctx.deadline);
@@ -308,11 +316,38 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
     let mut last_cpu = ctx.cpu();
     let mut last_t = Instant::now();
     let mut guard_tripped = None;
-    let health = api.fresh();
+    // `/health` polled twice a second on its own task: each sample shows the
+    // slowest answer since the last one, and how many took over 10 s.
+    let health = Arc::new(Mutex::new(HealthWindow::default()));
+    let prober = {
+        let (api, health, stop) = (api.fresh(), health.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !*stop.borrow() {
+                let ms = health_latency_ms(&api).await;
+                {
+                    let mut h = health.lock();
+                    match ms {
+                        Some(ms) => h.max_ms = h.max_ms.max(ms),
+                        None => h.timeouts += 1,
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let step = Duration::from_secs_f64(args.sample.max(0.5));
+    let mut next_sample = started + step;
     loop {
-        let step = Duration::from_secs_f64(args.sample.max(0.5));
-        sleep_bounded(step, end).await;
+        // The RSS guard is checked four times a second, so a server without
+        // its bounds is stopped before it takes the machine's memory.
+        sleep_bounded(Duration::from_millis(250), end.min(next_sample)).await;
         let now = Instant::now();
+        let rss_mib = ctx.memory().map(|m| m.rss_kib as f64 / 1024.0);
+        let tripped = rss_mib.filter(|r| *r > args.max_rss_mib as f64);
+        if now < next_sample && now < end && tripped.is_none() {
+            continue;
+        }
+        next_sample += step;
         let cpu = ctx.cpu();
         let used = super::cpu_between(last_cpu, cpu);
         let interval_s = now.duration_since(last_t).as_secs_f64().max(1e-3);
@@ -322,8 +357,7 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
         let gen_pct = used.generator_s.map(|s| 100.0 * s / interval_s);
         last_cpu = cpu;
         last_t = now;
-        let rss_mib = ctx.memory().map(|m| m.rss_kib as f64 / 1024.0);
-        let health_ms = health_latency_ms(&health).await;
+        let h = std::mem::take(&mut *health.lock());
         let acked_now = acked.load(Ordering::Acquire);
         let seen = watch_state.lock().seen.distinct();
         // In flight: what was acknowledged in the last second may still be
@@ -331,20 +365,19 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
         let lost = acked_now.saturating_sub(seen);
         let t = started.elapsed().as_secs_f64();
         eprintln!(
-            "{t:>6.0} {:>9} {:>8} {:>8} {acked_now:>8} {seen:>8} {lost:>6} {:>9}",
+            "{t:>6.0} {:>9} {:>8} {:>8} {acked_now:>8} {seen:>8} {lost:>6} {:>9} {:>5}",
             opt(rss_mib, 1),
             opt(cpu_pct, 0),
             opt(gen_pct, 0),
-            opt(health_ms, 1)
+            opt(Some(h.max_ms), 1),
+            h.timeouts
         );
         samples.push(json!({
             "t_s": t, "rss_mib": rss_mib, "cpu_pct": cpu_pct, "generator_cpu_pct": gen_pct,
-            "acked": acked_now,
-            "seen": seen, "lost_so_far": lost, "health_ms": health_ms,
+            "acked": acked_now, "seen": seen, "lost_so_far": lost,
+            "health_max_ms": h.max_ms, "health_timeouts": h.timeouts,
         }));
-        if let Some(r) = rss_mib
-            && r > args.max_rss_mib as f64
-        {
+        if let Some(r) = tripped {
             guard_tripped = Some(r);
             eprintln!("hostile: server RSS {r:.0} MiB passed --max-rss-mib; stopping early");
             break;
@@ -353,6 +386,7 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
             break;
         }
     }
+    prober.abort();
 
     // 6. Stop the attacks and the publisher, give the last publications
     // time to arrive (a server that was starved catches up), count.
@@ -393,12 +427,17 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
         _ => None,
     };
     let flat = growth.is_some_and(|g| g <= args.max_rss_growth_mib as f64);
+    let health_timeouts: u64 = samples
+        .iter()
+        .filter_map(|s| s["health_timeouts"].as_u64())
+        .sum();
     let ok = lost == 0
         && duplicates == 0
         && out_of_order == 0
         && closed.is_none()
         && idle_dropped == 0
         && guard_tripped.is_none()
+        && health_timeouts == 0
         && flat
         && drained;
 
@@ -420,6 +459,7 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
         "watcher_closed": closed,
         "rss_growth_mib": growth,
         "rss_guard_tripped_mib": guard_tripped,
+        "health_timeouts": health_timeouts,
         "samples": samples,
         "attacks": attacks,
         "ok": ok,
@@ -443,6 +483,14 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
             opt(rss.last().copied(), 1),
             opt(growth, 1)
         ),
+    );
+    let health_worst = samples
+        .iter()
+        .filter_map(|s| s["health_max_ms"].as_f64())
+        .fold(0.0, f64::max);
+    report.row(
+        "/health",
+        format!("slowest {health_worst:.1} ms, {health_timeouts} probes unanswered in 10 s"),
     );
     for (k, s) in kinds.iter().zip(&per_kind) {
         report.row(k, s.snapshot().to_string());
