@@ -57,6 +57,11 @@ pub struct HostileArgs {
     /// Size of the message sent as 1-byte fragments.
     #[arg(long, default_value_t = 60_000)]
     pub fragment_message: usize,
+    /// Attacks to leave out, comma-separated (ping_flood, tiny_fragments,
+    /// never_reader, history_spam, api_flood, slowloris, bad_frames): to see
+    /// which one a bound is missing for.
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
     /// Stop early when the server's RSS passes this (MiB).
     #[arg(long, default_value_t = 1024)]
     pub max_rss_mib: u64,
@@ -245,59 +250,79 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
         .iter()
         .map(|_| Arc::new(AttackStats::default()))
         .collect();
+    for k in &args.skip {
+        if !kinds.contains(&k.as_str()) {
+            bail!("--skip {k}: no such attack (one of {})", kinds.join(", "));
+        }
+    }
+    let on = |k: &str| !args.skip.iter().any(|s| s == k);
     let mut attackers = Vec::new();
     let base = args.idle + 10;
     for i in 0..args.attackers {
         let who = base + i;
-        attackers.push(tokio::spawn(attack::ping_flood(
-            ctx.clone(),
-            who,
-            stop.clone(),
-            per_kind[0].clone(),
-        )));
-        attackers.push(tokio::spawn(attack::tiny_fragments(
-            ctx.clone(),
-            who + 100,
-            args.fragment_message,
-            stop.clone(),
-            per_kind[1].clone(),
-        )));
-        attackers.push(tokio::spawn(attack::never_reader(
-            ctx.clone(),
-            who + 200,
-            vec![WATCHED.into(), BULK.into()],
-            Duration::from_secs(30),
-            stop.clone(),
-            per_kind[2].clone(),
-        )));
-        attackers.push(tokio::spawn(attack::history_spam(
-            api.fresh(),
-            i,
-            "hist".into(),
-            args.history_spam / args.attackers.max(1) as f64,
-            stop.clone(),
-            per_kind[3].clone(),
-        )));
-        attackers.push(tokio::spawn(attack::api_flood(
-            api.fresh(),
-            i,
-            stop.clone(),
-            per_kind[4].clone(),
-        )));
-        attackers.push(tokio::spawn(attack::bad_frames(
-            ctx.clone(),
-            who + 300,
-            stop.clone(),
-            per_kind[6].clone(),
-        )));
+        if on("ping_flood") {
+            attackers.push(tokio::spawn(attack::ping_flood(
+                ctx.clone(),
+                who,
+                stop.clone(),
+                per_kind[0].clone(),
+            )));
+        }
+        if on("tiny_fragments") {
+            attackers.push(tokio::spawn(attack::tiny_fragments(
+                ctx.clone(),
+                who + 100,
+                args.fragment_message,
+                stop.clone(),
+                per_kind[1].clone(),
+            )));
+        }
+        if on("never_reader") {
+            attackers.push(tokio::spawn(attack::never_reader(
+                ctx.clone(),
+                who + 200,
+                vec![WATCHED.into(), BULK.into()],
+                Duration::from_secs(30),
+                stop.clone(),
+                per_kind[2].clone(),
+            )));
+        }
+        if on("history_spam") {
+            attackers.push(tokio::spawn(attack::history_spam(
+                api.fresh(),
+                i,
+                "hist".into(),
+                args.history_spam / args.attackers.max(1) as f64,
+                stop.clone(),
+                per_kind[3].clone(),
+            )));
+        }
+        if on("api_flood") {
+            attackers.push(tokio::spawn(attack::api_flood(
+                api.fresh(),
+                i,
+                stop.clone(),
+                per_kind[4].clone(),
+            )));
+        }
+        if on("bad_frames") {
+            attackers.push(tokio::spawn(attack::bad_frames(
+                ctx.clone(),
+                who + 300,
+                stop.clone(),
+                per_kind[6].clone(),
+            )));
+        }
     }
-    for i in 0..args.slowloris {
-        attackers.push(tokio::spawn(attack::slowloris(
-            ctx.clone(),
-            base + 400 + i,
-            stop.clone(),
-            per_kind[5].clone(),
-        )));
+    if on("slowloris") {
+        for i in 0..args.slowloris {
+            attackers.push(tokio::spawn(attack::slowloris(
+                ctx.clone(),
+                base + 400 + i,
+                stop.clone(),
+                per_kind[5].clone(),
+            )));
+        }
     }
     drop(stats);
 
@@ -369,7 +394,7 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
             opt(rss_mib, 1),
             opt(cpu_pct, 0),
             opt(gen_pct, 0),
-            opt(Some(h.max_ms), 1),
+            opt((h.max_ms > 0.0).then_some(h.max_ms), 1),
             h.timeouts
         );
         samples.push(json!({
@@ -460,6 +485,7 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
         "rss_growth_mib": growth,
         "rss_guard_tripped_mib": guard_tripped,
         "health_timeouts": health_timeouts,
+        "skipped": args.skip,
         "samples": samples,
         "attacks": attacks,
         "ok": ok,
