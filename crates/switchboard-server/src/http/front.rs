@@ -153,15 +153,20 @@ pub fn route_head(bytes: &[u8]) -> Route {
     };
     if !ours || bytes.len() > MAX_HEAD {
         Route::Hyper
-    } else if bytes.len() > PREFIX.len() && find_end(bytes).is_some() {
+    } else if bytes.len() > PREFIX.len() && head_ended(bytes) {
         Route::WebSocket
     } else {
         Route::More
     }
 }
 
-fn find_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+/// Whether the head has ended: an empty line, as httparse reads it (bare
+/// `\n` line ends are accepted, as by hyper; found by the fuzz target).
+fn head_ended(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && bytes.get(i + 2) == Some(&b'\n')))
 }
 
 /// A parsed handshake request: what the checks read.
@@ -414,6 +419,15 @@ mod tests {
         assert_eq!(route_head(b"GET /w"), Route::More);
         assert_eq!(route_head(b"GET /ws?token=x HTTP/1.1\r\n"), Route::More);
         assert_eq!(route_head(b"GET /ws HTTP/1.1\r\n\r\n"), Route::WebSocket);
+        assert_eq!(
+            route_head(b"GET /ws HTTP/1.1\nHost: x\n\n"),
+            Route::WebSocket
+        );
+        assert_eq!(
+            route_head(b"GET /ws HTTP/1.1\nHost: x\n\r\n"),
+            Route::WebSocket
+        );
+        assert_eq!(route_head(b"GET /ws HTTP/1.1\r\nHost: x\r\n"), Route::More);
         assert_eq!(route_head(b"GET /wsx"), Route::Hyper);
         assert_eq!(route_head(b"POST /ws"), Route::Hyper);
         assert_eq!(route_head(b"GET /health HTTP/1.1\r\n\r\n"), Route::Hyper);
