@@ -149,7 +149,9 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
     let (stop_tx, stop) = watch::channel(false);
     let watcher = {
         let state = watch_state.clone();
-        let mut stop = stop.clone();
+        // Stopped with the idle clients, after the drain: publications in
+        // flight when the attacks stop are still counted.
+        let mut stop = stop_idle.clone();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -282,7 +284,7 @@ pub async fn run(ctx: &Ctx, args: &HostileArgs) -> Result<Report> {
                 ctx.clone(),
                 who + 200,
                 vec![WATCHED.into(), BULK.into()],
-                Duration::from_secs(30),
+                Duration::from_secs(60),
                 stop.clone(),
                 per_kind[2].clone(),
             )));
