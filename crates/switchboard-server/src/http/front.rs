@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::SharedState;
@@ -87,12 +87,11 @@ async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<Client
         }
         Err(_) => return None,
     }
-    // The socket's read readiness is left as the last real read left it: a
-    // readiness cleared without a read (a `try_io` that only says
-    // `WouldBlock`) can swallow the wake-up of bytes or a FIN that arrived
-    // just after the head, and the client would then wait forever for an
-    // answer. The price is one read that finds nothing on the client's
-    // first turn.
+    // No read readiness is cleared here after the fact: a `try_io` that only
+    // says `WouldBlock` would clear a readiness set by bytes or a FIN that
+    // arrived after the head, and the client would wait forever for an
+    // answer. `Head::read` clears it only with the read that emptied the
+    // socket.
     if head.route == Route::WebSocket
         && let Some(request) = parse_head(&head.bytes)
     {
@@ -118,11 +117,30 @@ impl Head {
             if self.bytes.len() == self.bytes.capacity() {
                 self.bytes.reserve(4096);
             }
-            match stream.try_read_buf(&mut self.bytes) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
+            let room = self.bytes.capacity() - self.bytes.len();
+            let mut got = None;
+            // A read that took less than it could emptied the socket: its
+            // read readiness is cleared in the same `try_io` as the read, so
+            // tokio clears only the readiness it saw before the read, and
+            // bytes or a FIN arriving after it still wake the client. This
+            // spares the client's first turn a read that finds nothing.
+            let read = stream.try_io(Interest::READABLE, || {
+                let n = stream.try_read_buf(&mut self.bytes)?;
+                got = Some(n);
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            let n = match (read, got) {
+                (Ok(n), _) => n,
+                (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => n,
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                (Err(e), _) => return Err(e),
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
             self.route = route_head(&self.bytes);
             if self.route != Route::More {
