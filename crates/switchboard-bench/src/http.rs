@@ -171,6 +171,19 @@ impl ApiClient {
         }
     }
 
+    /// `GET path`, like [`ApiClient::post_json`].
+    pub async fn get(&mut self, path: &str) -> Result<Response> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\n\r\n",
+            self.host, self.auth
+        );
+        match self.round_trip(request.as_bytes()).await {
+            Ok(resp) => Ok(resp),
+            Err(_) if self.stream.is_none() => self.round_trip(request.as_bytes()).await,
+            Err(e) => Err(e),
+        }
+    }
+
     async fn round_trip(&mut self, request: &[u8]) -> Result<Response> {
         if self.stream.is_none() {
             let stream = TcpStream::connect(self.addr)

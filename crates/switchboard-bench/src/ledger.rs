@@ -52,7 +52,6 @@ impl SeqSet {
         seq < self.len && self.bits[(seq / 64) as usize] & (1u64 << (seq % 64)) != 0
     }
 
-    #[cfg(test)]
     pub fn distinct(&self) -> u64 {
         self.distinct
     }

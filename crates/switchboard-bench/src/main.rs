@@ -6,7 +6,8 @@
 //! (`--json`) and a readable table. Every run is bounded by `--timeout` and stops by
 //! itself. Server CPU and memory come from `/proc/<--server-pid>`.
 //!
-//! Layout: `scenario/` (idle, fanout, echo and their shared connect phase),
+//! Layout: `scenario/` (idle, fanout, echo, hostile with its attackers, and their
+//! shared connect phase),
 //! `conn` (sockets over 127.0.0.x, upgrade, tokens), `http` (the publish client),
 //! `frame` (what is sent and read back), `ledger` (loss and duplicates), `stats`
 //! (HDR histograms), `procfs` (/proc parsing), `report`, `progress`, `clock`.
@@ -55,6 +56,8 @@ enum Scenario {
     Fanout(scenario::fanout::FanoutArgs),
     /// K clients doing round trips through the server.
     Echo(scenario::echo::EchoArgs),
+    /// Every attack of issue 10 at once, with idle clients, a publisher and a watcher: RSS, CPU, loss over time.
+    Hostile(scenario::hostile::HostileArgs),
 }
 
 impl Scenario {
@@ -63,6 +66,7 @@ impl Scenario {
             Scenario::Idle(_) => "idle",
             Scenario::Fanout(_) => "fanout",
             Scenario::Echo(_) => "echo",
+            Scenario::Hostile(_) => "hostile",
         }
     }
 }
@@ -164,6 +168,7 @@ async fn async_main(cli: Cli, fd_limit: u64) -> ExitCode {
         Scenario::Idle(a) => a.connections,
         Scenario::Fanout(a) => a.subscribers + 1,
         Scenario::Echo(a) => a.clients,
+        Scenario::Hostile(a) => a.idle + a.slowloris + 8 * a.attackers + 2,
     } as u64;
     if fd_limit > 0 && wanted + 64 > fd_limit {
         eprintln!(
@@ -177,6 +182,7 @@ async fn async_main(cli: Cli, fd_limit: u64) -> ExitCode {
             Scenario::Idle(a) => scenario::idle::run(&ctx, a).await,
             Scenario::Fanout(a) => scenario::fanout::run(&ctx, a).await,
             Scenario::Echo(a) => scenario::echo::run(&ctx, a).await,
+            Scenario::Hostile(a) => scenario::hostile::run(&ctx, a).await,
         }
     };
     let result = match tokio::time::timeout(timeout + Duration::from_secs(30), run).await {

@@ -571,19 +571,21 @@ fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, String> {
 }
 
 fn parse_jwks_url(url: &str) -> Result<http::Uri, String> {
+    // Messages show the URL without its credentials.
+    let shown = crate::secret::redact_url(url);
     let uri: http::Uri = url
         .parse()
-        .map_err(|_| format!("auth.jwks_url: `{url}` is not a URL"))?;
+        .map_err(|_| format!("auth.jwks_url: `{shown}` is not a URL"))?;
     match uri.scheme_str() {
         Some("http" | "https") => {}
         _ => {
             return Err(format!(
-                "auth.jwks_url: `{url}` must start with http:// or https://"
+                "auth.jwks_url: `{shown}` must start with http:// or https://"
             ));
         }
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("auth.jwks_url: `{url}` has no host"));
+        return Err(format!("auth.jwks_url: `{shown}` has no host"));
     }
     Ok(uri)
 }
@@ -634,7 +636,10 @@ impl fmt::Debug for Verifier {
                 .finish_non_exhaustive(),
             Source::Url(u) => f
                 .debug_struct("Verifier")
-                .field("jwks_url", &u.remote.uri)
+                .field(
+                    "jwks_url",
+                    &crate::secret::redact_url(&u.remote.uri.to_string()),
+                )
                 .field("keys", &u.remote.keys.read().as_ref().map(|s| s.keys.len()))
                 .finish_non_exhaustive(),
         }
@@ -779,7 +784,7 @@ async fn refresh_task(remote: Arc<Remote>, mut wake: mpsc::Receiver<()>) {
     let client: FetchClient = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);
-    let url = remote.uri.to_string();
+    let url = crate::secret::redact_url(&remote.uri.to_string()).into_owned();
     // Until the first key set arrives: retry with a growing gap.
     let mut gap = Duration::from_secs(1).min(remote.interval);
     loop {
@@ -848,7 +853,8 @@ impl Remote {
             .map_err(|_| format!("no complete answer within {FETCH_TIMEOUT:?}"))??;
         let (set, warnings) = parse_jwks(&body, &self.base, false)?;
         for w in warnings {
-            tracing::warn!(url = %self.uri, "auth.jwks_url: {w}");
+            let url = crate::secret::redact_url(&self.uri.to_string()).into_owned();
+            tracing::warn!(%url, "auth.jwks_url: {w}");
         }
         let n = set.keys.len();
         *self.keys.write() = Some(Arc::new(set));

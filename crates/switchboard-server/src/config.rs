@@ -81,7 +81,7 @@ impl<'de> Deserialize<'de> for Dur {
 
 /// The whole configuration. Every field has a default; see
 /// `config/switchboard.example.toml` for each key's meaning.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on; port 0 picks a free port.
@@ -131,25 +131,6 @@ pub struct AuthConfig {
     pub expire_connections: bool,
     /// Refuse tokens without `exp`.
     pub require_exp: bool,
-}
-
-impl fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("hmac_secret", &redact(&self.hmac_secret))
-            .field("public_key_file", &self.public_key_file)
-            .field("jwks_file", &self.jwks_file)
-            .field("jwks_url", &self.jwks_url)
-            .field("jwks_ca_file", &self.jwks_ca_file)
-            .field("jwks_refresh_interval", &self.jwks_refresh_interval)
-            .field("audience", &self.audience)
-            .field("issuer", &self.issuer)
-            .field("leeway", &self.leeway)
-            .field("cookie_name", &self.cookie_name)
-            .field("expire_connections", &self.expire_connections)
-            .field("require_exp", &self.require_exp)
-            .finish()
-    }
 }
 
 impl AuthConfig {
@@ -220,9 +201,26 @@ impl AuthConfig {
     }
 }
 
-fn redact(s: &str) -> &'static str {
-    if s.is_empty() { "" } else { "<redacted>" }
+/// `Debug` as the TOML a section serializes to, with every secret redacted
+/// by [`crate::secret`]'s rules: a key added later is covered without a
+/// change here.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                match toml::Value::try_from(self) {
+                    Ok(mut v) => {
+                        crate::secret::redact_toml(&mut v);
+                        write!(f, "{} {}", stringify!($t), v)
+                    }
+                    Err(_) => f.write_str(concat!(stringify!($t), " { .. }")),
+                }
+            }
+        }
+    )*};
 }
+
+redacted_debug!(Config, AuthConfig, ApiConfig, BrokerConfig, HistoryConfig);
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -231,15 +229,9 @@ pub struct ApiConfig {
     pub key: String,
     /// Largest request body accepted on `/api/*`, in bytes.
     pub max_body_bytes: usize,
-}
-
-impl fmt::Debug for ApiConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiConfig")
-            .field("key", &redact(&self.key))
-            .field("max_body_bytes", &self.max_body_bytes)
-            .finish()
-    }
+    /// `/api/*` requests served at once; past it `503` + `Retry-After`
+    /// (operations endpoints are not counted).
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -266,7 +258,7 @@ pub struct LimitsConfig {
     pub max_channels_per_client: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// `memory` (one node).
@@ -280,7 +272,7 @@ pub struct PresenceConfig {
     pub ttl: Dur,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// `memory` (lost on restart) or `file` (survives restarts).
@@ -368,6 +360,7 @@ impl Default for ApiConfig {
             key: String::new(),
             // What fits the default send queue with a `pub` frame around it.
             max_body_bytes: (1 << 20) - PUB_ENVELOPE_BYTES,
+            max_concurrent_requests: 128,
         }
     }
 }
@@ -525,10 +518,13 @@ impl Config {
                     ConfigError(format!("cannot read config file {}: {e}", path.display()))
                 })?;
                 // Parse once as Config for precise messages (line, key) ...
-                toml::from_str::<Config>(&text)
-                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
-                toml::from_str(&text)
-                    .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?
+                // A parse error quotes the line: a secret's value is redacted.
+                let bad = |e: toml::de::Error| {
+                    let e = crate::secret::redact_message(&e.to_string());
+                    ConfigError(format!("config file {}: {e}", path.display()))
+                };
+                toml::from_str::<Config>(&text).map_err(bad)?;
+                toml::from_str(&text).map_err(bad)?
             }
             None => toml::Table::new(),
         };
@@ -560,6 +556,13 @@ impl Config {
             let value = match env_value(&raw, like) {
                 Ok(v) => v,
                 Err(e) => {
+                    let sensitive =
+                        crate::secret::is_secret_key(&key) || crate::secret::is_url_key(&key);
+                    let e = if sensitive {
+                        e.replace(&raw, crate::secret::REDACTED)
+                    } else {
+                        e
+                    };
                     let name = if section.is_empty() {
                         key.clone()
                     } else {
@@ -583,9 +586,12 @@ impl Config {
         if !errors.is_empty() {
             return Err(ConfigError(errors.join("\n")));
         }
-        let config: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| ConfigError(format!("config: {e}")))?;
+        let config: Config = toml::Value::Table(table).try_into().map_err(|e| {
+            ConfigError(format!(
+                "config: {}",
+                crate::secret::redact_message(&e.to_string())
+            ))
+        })?;
         Ok((config, warnings))
     }
 
@@ -614,10 +620,14 @@ impl Config {
         if self.api.max_body_bytes == 0 {
             errs.push("api.max_body_bytes: must be above 0".into());
         }
-        for o in &self.ws.allowed_origins {
-            if !(o.starts_with("http://") || o.starts_with("https://")) {
+        if self.api.max_concurrent_requests == 0 {
+            errs.push("api.max_concurrent_requests: must be above 0".into());
+        }
+        for (i, o) in self.ws.allowed_origins.iter().enumerate() {
+            if let Err(e) = crate::http::origin::check_pattern(o) {
                 errs.push(format!(
-                    "ws.allowed_origins: `{o}` must start with http:// or https://"
+                    "ws.allowed_origins[{i}]: `{o}` is not an origin such as \
+                     \"https://app.example.com\" or \"https://*.example.com\": {e}"
                 ));
             }
         }
@@ -779,16 +789,14 @@ impl Config {
         self
     }
 
-    /// The config as TOML with secrets replaced, for the start-up log.
+    /// The config as TOML with secrets replaced (URL credentials too), for
+    /// the start-up log and anything else that prints it.
     pub fn redacted_toml(&self) -> String {
-        let mut c = self.clone();
-        if !c.auth.hmac_secret.is_empty() {
-            c.auth.hmac_secret = "<redacted>".into();
-        }
-        if !c.api.key.is_empty() {
-            c.api.key = "<redacted>".into();
-        }
-        toml::to_string(&c).unwrap_or_default()
+        let Ok(mut v) = toml::Value::try_from(self) else {
+            return String::new();
+        };
+        crate::secret::redact_toml(&mut v);
+        toml::to_string(&v).unwrap_or_default()
     }
 }
 

@@ -8,10 +8,12 @@
 //! - [`transport`]: one WebSocket client's read and write loop.
 //! - [`server`]: builds the node, accepts connections, shuts down gracefully.
 //! - [`fds`]: file-descriptor limit and count.
+//! - [`secret`]: secrets and URL credentials redacted wherever the config is printed.
 
 pub mod auth;
 pub mod config;
 pub mod fds;
 pub mod http;
+pub mod secret;
 pub mod server;
 pub mod transport;

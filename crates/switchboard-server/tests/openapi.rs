@@ -32,12 +32,16 @@ const ROUTES: &[(&str, &str)] = &[
 /// WebSocket endpoint (PROTOCOL.md) and the development-only demo page.
 const NOT_IN_SPEC: &[&str] = &["/ws", "/", "/dev/token"];
 
-/// Documented answers no sample call can produce against an in-memory node.
+/// Documented answers no sample call can produce against an in-memory node
+/// (a 503 under a flood is checked by `hostile_edges.rs`).
 const UNTRIGGERABLE: &[(&str, &str, u16)] = &[
     ("POST", "/api/publish", 503),
     ("POST", "/api/broadcast", 503),
     ("GET", "/api/presence/{channel}", 503),
     ("GET", "/api/history/{channel}", 503),
+    ("GET", "/api/online", 503),
+    ("POST", "/api/disconnect", 503),
+    ("GET", "/api/info", 503),
     ("GET", "/metrics", 500),
 ];
 

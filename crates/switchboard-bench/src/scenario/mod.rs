@@ -1,8 +1,10 @@
 //! The scenarios and what they share: the run context, the connect phase, waiting
 //! with a deadline, and server measurements.
 
+pub mod attack;
 pub mod echo;
 pub mod fanout;
+pub mod hostile;
 pub mod idle;
 
 use std::sync::Arc;

@@ -5,6 +5,9 @@
 // would only add an allocation to each error path.
 #![allow(clippy::result_large_err)]
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
@@ -29,6 +32,66 @@ pub async fn require_api_key(State(st): State<SharedState>, req: Request, next: 
             "missing or wrong API key (Authorization: Bearer <key>)",
         );
     }
+    next.run(req).await
+}
+
+/// How many `/api/*` requests are served at once. Past it a request is
+/// answered `503` + `Retry-After` before its body is read, so a flood of
+/// backend calls holds at most `limit` bodies (each up to
+/// `api.max_body_bytes`) and leaves the runtime to `/health`, `/ready`,
+/// `/metrics` and the clients, which are not counted.
+pub struct ApiGate {
+    in_flight: AtomicUsize,
+    limit: usize,
+}
+
+impl ApiGate {
+    pub fn new(limit: usize) -> Self {
+        ApiGate {
+            in_flight: AtomicUsize::new(0),
+            limit,
+        }
+    }
+
+    /// A permit, held while one request is served; `None` past the limit.
+    fn enter(self: &Arc<Self>) -> Option<ApiPermit> {
+        let mut n = self.in_flight.load(Ordering::Relaxed);
+        loop {
+            if n >= self.limit {
+                return None;
+            }
+            match self.in_flight.compare_exchange_weak(
+                n,
+                n + 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(ApiPermit(self.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+/// Released on drop, also when the caller goes away mid-request.
+struct ApiPermit(Arc<ApiGate>);
+
+impl Drop for ApiPermit {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Runs after the key check, so callers without the key cannot use up the
+/// backends' share.
+pub async fn admit(State(gate): State<Arc<ApiGate>>, req: Request, next: Next) -> Response {
+    let Some(_permit) = gate.enter() else {
+        return unavailable(
+            "unavailable",
+            "too many API requests in progress; retry shortly",
+            1,
+        );
+    };
     next.run(req).await
 }
 
@@ -68,7 +131,7 @@ fn parse_channel(name: &str) -> Result<ChannelName, Response> {
 
 fn command_error(e: CommandError) -> Response {
     match e.code {
-        ErrorCode::Internal | ErrorCode::Unavailable => unavailable("unavailable", &e.message, 1),
+        c if is_retryable(c) => unavailable(api_code(c), &e.message, 1),
         ErrorCode::Forbidden => error(StatusCode::FORBIDDEN, "forbidden", &e.message),
         ErrorCode::NotFound => error(StatusCode::NOT_FOUND, "not_found", &e.message),
         _ => error(StatusCode::BAD_REQUEST, e.code.as_str(), &e.message),
@@ -134,12 +197,16 @@ pub struct BroadcastBody {
     idempotency_key: Option<String>,
 }
 
+/// Publishes to every channel, each on its own: one channel's failure does
+/// not stop the others, and the answer says channel by channel what was
+/// published, so a caller retries only what failed (PROTOCOL §5 plus the
+/// partial answer in ARCHITECTURE.md "Departures"). Every name is checked
+/// before anything is published.
 pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response {
     let body: BroadcastBody = match read_json(req.into_body(), st.cfg.api.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
     };
-    // Every name is checked before anything is published.
     let mut channels = Vec::with_capacity(body.channels.len());
     for c in &body.channels {
         match parse_channel(c) {
@@ -152,18 +219,58 @@ pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response 
         Err(r) => return r,
     };
     let mut results = Vec::with_capacity(channels.len());
+    let mut failed: Vec<CommandError> = Vec::new();
     for channel in channels {
         match st.node.publish(&channel, data.clone(), None).await {
             Ok(pos) => results.push(serde_json::json!({
                 "channel": channel.as_str(), "offset": pos.offset, "epoch": pos.epoch
             })),
-            Err(e) => return command_error(e),
+            Err(e) => {
+                results.push(serde_json::json!({
+                    "channel": channel.as_str(),
+                    "error": {"code": api_code(e.code), "message": &e.message},
+                }));
+                failed.push(e);
+            }
         }
     }
-    json_response(
-        StatusCode::OK,
-        serde_json::json!({ "results": results }).to_string(),
-    )
+    let total = results.len();
+    let Some(first) = failed.first() else {
+        return json_response(
+            StatusCode::OK,
+            serde_json::json!({ "results": results }).to_string(),
+        );
+    };
+    // Some channel failed: the status and `error` are those of a failure
+    // (a retryable one first, so that callers that read only the status
+    // retry), and `results` says which channels were published.
+    let retryable = failed.iter().find(|e| is_retryable(e.code));
+    let worst = retryable.unwrap_or(first);
+    let message = format!(
+        "{} of {total} channels not published (see results): {}",
+        failed.len(),
+        worst.message
+    );
+    let mut r = command_error(CommandError::new(worst.code, message.clone()));
+    let body = serde_json::json!({
+        "error": {"code": api_code(worst.code), "message": message},
+        "results": results,
+    });
+    *r.body_mut() = Body::from(body.to_string());
+    r
+}
+
+fn is_retryable(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::Internal | ErrorCode::Unavailable)
+}
+
+/// The `code` an API error carries for a command error (as [`command_error`]).
+fn api_code(code: ErrorCode) -> &'static str {
+    if is_retryable(code) {
+        "unavailable"
+    } else {
+        code.as_str()
+    }
 }
 
 fn path_channel(path: Result<Path<String>, PathRejection>) -> Result<ChannelName, Response> {

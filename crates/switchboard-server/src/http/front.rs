@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::SharedState;
@@ -67,8 +67,7 @@ async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<Client
     let timeout = st.cfg.ws.handshake_timeout.0;
     let mut head = Head {
         bytes: Vec::with_capacity(1024),
-        websocket: false,
-        drained: false,
+        route: Route::More,
     };
     // Most clients send their head at once: read it before arming a timer.
     match head.read(&stream) {
@@ -88,16 +87,14 @@ async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<Client
         }
         Err(_) => return None,
     }
-    if head.websocket
-        && let Some(request) = parse(&head.bytes)
+    // No read readiness is cleared here after the fact: a `try_io` that only
+    // says `WouldBlock` would clear a readiness set by bytes or a FIN that
+    // arrived after the head, and the client would wait forever for an
+    // answer. `Head::read` clears it only with the read that emptied the
+    // socket.
+    if head.route == Route::WebSocket
+        && let Some(request) = parse_head(&head.bytes)
     {
-        if head.drained {
-            // The socket was read to its end: forget its readiness, so the
-            // client's first wake-up is not a read that finds nothing.
-            let _ = stream.try_io(tokio::io::Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
-        }
         return websocket(st, stream, head.bytes, request).await;
     }
     // Boxed: hyper's connection future is large, and the routing future is
@@ -109,56 +106,111 @@ async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<Client
 /// What arrived before the connection was routed.
 struct Head {
     bytes: Vec<u8>,
-    /// A whole `GET /ws` request head is in `bytes`.
-    websocket: bool,
-    /// The last read took less than it could: the socket had nothing more.
-    drained: bool,
+    route: Route,
 }
 
 impl Head {
-    /// Reads what the socket has until the request is known not to be
-    /// `GET /ws…` (hyper's), or its whole head is in: `Ok(true)` once routed,
-    /// `Ok(false)` when the socket has nothing more now.
+    /// Reads what the socket has until [`route_head`] decides: `Ok(true)`
+    /// once routed, `Ok(false)` when the socket has nothing more now.
     fn read(&mut self, stream: &TcpStream) -> io::Result<bool> {
-        const PREFIX: &[u8] = b"GET /ws";
         loop {
             if self.bytes.len() == self.bytes.capacity() {
                 self.bytes.reserve(4096);
             }
             let room = self.bytes.capacity() - self.bytes.len();
-            match stream.try_read_buf(&mut self.bytes) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.drained = n < room,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            let bytes = &self.bytes;
-            let ours = if bytes.len() <= PREFIX.len() {
-                PREFIX.starts_with(bytes)
-            } else {
-                bytes.starts_with(PREFIX) && matches!(bytes[PREFIX.len()], b' ' | b'?')
+            let mut got = None;
+            // A read that took less than it could emptied the socket: its
+            // read readiness is cleared in the same `try_io` as the read, so
+            // tokio clears only the readiness it saw before the read, and
+            // bytes or a FIN arriving after it still wake the client. This
+            // spares the client's first turn a read that finds nothing.
+            let read = stream.try_io(Interest::READABLE, || {
+                let n = stream.try_read_buf(&mut self.bytes)?;
+                got = Some(n);
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            let n = match (read, got) {
+                (Ok(n), _) => n,
+                (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock => n,
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                (Err(e), _) => return Err(e),
             };
-            if !ours || bytes.len() > MAX_HEAD {
-                return Ok(true);
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            if bytes.len() > PREFIX.len() && find_end(bytes).is_some() {
-                self.websocket = true;
+            self.route = route_head(&self.bytes);
+            if self.route != Route::More {
                 return Ok(true);
             }
         }
     }
 }
 
-fn find_end(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(4).position(|w| w == b"\r\n\r\n")
+/// Where the bytes read so far from a new connection go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Not decided yet: a prefix of `GET /ws` or of its head.
+    More,
+    /// Anything that is not a whole `GET /ws` head within [`MAX_HEAD`].
+    Hyper,
+    /// A whole `GET /ws…` head is in (parsed by [`parse_head`]).
+    WebSocket,
+}
+
+/// Decides from the bytes read so far; public for the fuzz target.
+pub fn route_head(bytes: &[u8]) -> Route {
+    const PREFIX: &[u8] = b"GET /ws";
+    let ours = if bytes.len() <= PREFIX.len() {
+        PREFIX.starts_with(bytes)
+    } else {
+        bytes.starts_with(PREFIX) && matches!(bytes[PREFIX.len()], b' ' | b'?')
+    };
+    if !ours || bytes.len() > MAX_HEAD {
+        Route::Hyper
+    } else if bytes.len() > PREFIX.len() && head_ended(bytes) {
+        Route::WebSocket
+    } else {
+        Route::More
+    }
+}
+
+/// Whether the head has ended: an empty line, as httparse reads it (bare
+/// `\n` line ends are accepted, as by hyper; found by the fuzz target).
+fn head_ended(bytes: &[u8]) -> bool {
+    bytes
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && bytes.get(i + 2) == Some(&b'\n')))
 }
 
 /// A parsed handshake request: what the checks read.
-struct Request {
+#[derive(Debug)]
+pub struct UpgradeHead {
     query: Option<String>,
     headers: HeaderMap,
     /// Length of the head; what follows it are the client's first frames.
     len: usize,
+}
+
+impl UpgradeHead {
+    /// The request's query string, without the `?`.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
+    /// The headers the handshake checks read (the others are not kept).
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// Bytes of the head; what follows are the client's first frames.
+    pub fn head_len(&self) -> usize {
+        self.len
+    }
 }
 
 /// The headers the handshake checks read; the rest are not copied.
@@ -173,8 +225,8 @@ const WANTED: [HeaderName; 7] = [
 ];
 
 /// Parses a `GET /ws` head; `None` when it is not valid HTTP/1.1 that we can
-/// read, for hyper to answer.
-fn parse(bytes: &[u8]) -> Option<Request> {
+/// read, for hyper to answer. Public for the fuzz target.
+pub fn parse_head(bytes: &[u8]) -> Option<UpgradeHead> {
     let mut raw = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut raw);
     let len = match req.parse(bytes) {
@@ -202,7 +254,7 @@ fn parse(bytes: &[u8]) -> Option<Request> {
         let value = HeaderValue::from_bytes(h.value).ok()?;
         headers.append(name.clone(), value);
     }
-    Some(Request {
+    Some(UpgradeHead {
         query,
         headers,
         len,
@@ -216,7 +268,7 @@ async fn websocket(
     st: SharedState,
     stream: TcpStream,
     bytes: Vec<u8>,
-    request: Request,
+    request: UpgradeHead,
 ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     match ws::check(
         &st,
@@ -368,14 +420,37 @@ mod tests {
     #[test]
     fn only_a_whole_get_ws_head_is_parsed_here() {
         let head = b"GET /ws?token=abc HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nX-Other: 1\r\n\r\n{\"op\"";
-        let r = parse(head).expect("parsed");
+        let r = parse_head(head).expect("parsed");
         assert_eq!(r.query.as_deref(), Some("token=abc"));
         assert_eq!(r.headers.len(), 1);
         assert_eq!(&head[r.len..], b"{\"op\"");
-        assert!(parse(b"GET /wsx HTTP/1.1\r\n\r\n").is_none());
-        assert!(parse(b"GET /ws HTTP/1.0\r\n\r\n").is_none());
-        assert!(parse(b"POST /ws HTTP/1.1\r\n\r\n").is_none());
-        assert!(parse(b"GET /ws HTTP/1.1\r\nBad Header\r\n\r\n").is_none());
-        assert!(parse(b"GET /ws HTTP/1.1\r\nHost: x\r\n").is_none());
+        assert!(parse_head(b"GET /wsx HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse_head(b"GET /ws HTTP/1.0\r\n\r\n").is_none());
+        assert!(parse_head(b"POST /ws HTTP/1.1\r\n\r\n").is_none());
+        assert!(parse_head(b"GET /ws HTTP/1.1\r\nBad Header\r\n\r\n").is_none());
+        assert!(parse_head(b"GET /ws HTTP/1.1\r\nHost: x\r\n").is_none());
+    }
+
+    #[test]
+    fn a_head_is_routed_once_whole_or_once_it_cannot_be_ours() {
+        assert_eq!(route_head(b""), Route::More);
+        assert_eq!(route_head(b"GET /w"), Route::More);
+        assert_eq!(route_head(b"GET /ws?token=x HTTP/1.1\r\n"), Route::More);
+        assert_eq!(route_head(b"GET /ws HTTP/1.1\r\n\r\n"), Route::WebSocket);
+        assert_eq!(
+            route_head(b"GET /ws HTTP/1.1\nHost: x\n\n"),
+            Route::WebSocket
+        );
+        assert_eq!(
+            route_head(b"GET /ws HTTP/1.1\nHost: x\n\r\n"),
+            Route::WebSocket
+        );
+        assert_eq!(route_head(b"GET /ws HTTP/1.1\r\nHost: x\r\n"), Route::More);
+        assert_eq!(route_head(b"GET /wsx"), Route::Hyper);
+        assert_eq!(route_head(b"POST /ws"), Route::Hyper);
+        assert_eq!(route_head(b"GET /health HTTP/1.1\r\n\r\n"), Route::Hyper);
+        let mut long = b"GET /ws HTTP/1.1\r\nX: ".to_vec();
+        long.resize(MAX_HEAD + 1, b'a');
+        assert_eq!(route_head(&long), Route::Hyper);
     }
 }

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod front;
 pub mod ops;
+pub mod origin;
 pub mod ws;
 
 use std::sync::Arc;
@@ -65,6 +66,8 @@ async fn not_found() -> Response {
 }
 
 pub fn router(state: SharedState) -> Router {
+    let gate = Arc::new(api::ApiGate::new(state.cfg.api.max_concurrent_requests));
+    // Layers run last-added first: the key check, then the gate.
     let api = Router::new()
         .route("/publish", post(api::publish))
         .route("/broadcast", post(api::broadcast))
@@ -75,6 +78,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/info", get(api::info))
         .fallback(not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(gate, api::admit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             api::require_api_key,
