@@ -1,7 +1,7 @@
 //! The [`Broker`] role: it assigns a channel's offsets, stores its
 //! publications and hands each one to every node subscribed to the channel
 //! through [`BrokerEvents`]. It promises nothing about delivery order: the
-//! node's streams ([`crate::subscription`]) drop duplicates, reorder and fill
+//! node's streams (`crate::subscription`) drop duplicates, reorder and fill
 //! holes from history, once, for every broker. [`MemoryBroker`] does it inside
 //! one process, through that same path.
 

@@ -1,13 +1,13 @@
 //! The node's indexes of who is connected and who listens where, with each
-//! channel's [`Stream`] (its position on this node, held publications and
+//! channel's `Stream` (its position on this node, held publications and
 //! joining subscribers).
 //!
 //! Each index is split into shards, each behind its own `parking_lot` mutex, so
 //! that one busy channel or many small ones do not serialize on one lock. Locks
 //! are held only to read or change the index and to push onto outboxes (which
 //! never waits): never across an `.await`. History reads happen outside, in
-//! the node; their results come back through [`Hub::finish_join`] and
-//! [`Hub::fill`].
+//! the node; their results come back through `Hub::finish_join` and
+//! `Hub::fill`.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;

@@ -168,7 +168,7 @@ impl Node {
     /// publications were recovered.
     ///
     /// The subscriber is added as buffering, history is read, and the two
-    /// are merged by offset ([`Hub::finish_join`]): no lock is held across
+    /// are merged by offset (`Hub::finish_join`): no lock is held across
     /// the read, and a broker that delivers out of order loses nothing.
     /// Without `id`, recovered publications arrive as `pub` frames (or a
     /// `lost` push when they cannot be recovered).

@@ -155,7 +155,7 @@ impl Head {
 pub enum Route {
     /// Not decided yet: a prefix of `GET /ws` or of its head.
     More,
-    /// Anything that is not a whole `GET /ws` head within [`MAX_HEAD`].
+    /// Anything that is not a whole `GET /ws` head within `MAX_HEAD`.
     Hyper,
     /// A whole `GET /ws…` head is in (parsed by [`parse_head`]).
     WebSocket,

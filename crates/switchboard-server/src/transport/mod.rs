@@ -1,12 +1,12 @@
 //! The WebSocket transport: one task per client over the raw `TcpStream`.
 //!
-//! - [`client_task`]: the client's turn loop and where every bound is kept;
-//! - [`connection`]: its read state (decoder, only while something is
+//! - `client_task`: the client's turn loop and where every bound is kept;
+//! - `connection`: its read state (decoder, only while something is
 //!   incomplete) and write state, and the close handshake;
-//! - [`write_queue`]: what the socket has not taken yet, and how it is written;
-//! - [`rate_limit`]: the per-client frame budget;
-//! - [`commands`]: what text frames ask for;
-//! - [`echo`]: the same connection code as an echo server, for Autobahn.
+//! - `write_queue`: what the socket has not taken yet, and how it is written;
+//! - `rate_limit`: the per-client frame budget;
+//! - `commands`: what text frames ask for;
+//! - `echo`: the same connection code as an echo server, for Autobahn.
 
 use std::cell::RefCell;
 
