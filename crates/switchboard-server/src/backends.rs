@@ -60,25 +60,25 @@ fn summary(node: &Node) -> NodeInfo {
 
 impl Cluster {
     /// Every live node, sorted by name; `None` with the memory broker (the
-    /// caller lists itself).
-    pub async fn nodes(&self) -> Option<Result<Vec<NodeSummary>, String>> {
+    /// caller lists itself). Other nodes' figures are as of their last
+    /// announcement (at most ttl/3 old); `me`'s are now.
+    pub async fn nodes(&self, me: &Node) -> Option<Result<Vec<NodeSummary>, String>> {
         let nodes = self.nodes.as_ref()?;
-        Some(
-            nodes
-                .nodes()
-                .await
-                .map(|all| {
-                    all.into_iter()
-                        .map(|n| NodeSummary {
-                            name: n.name,
-                            version: n.version,
-                            connections: n.connections,
-                            subscriptions: n.subscriptions,
-                        })
-                        .collect()
-                })
-                .map_err(|e| e.to_string()),
-        )
+        let all = match nodes.nodes().await {
+            Ok(all) => all,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let now = summary(me);
+        Some(Ok(all
+            .into_iter()
+            .map(|n| if n.name == now.name { now.clone() } else { n })
+            .map(|n| NodeSummary {
+                name: n.name,
+                version: n.version,
+                connections: n.connections,
+                subscriptions: n.subscriptions,
+            })
+            .collect()))
     }
 
     /// A clean shutdown: this node leaves the list at once.
