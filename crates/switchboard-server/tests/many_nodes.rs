@@ -269,7 +269,14 @@ async fn health_and_ready_follow_redis_down_and_back() {
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.header("retry-after").is_some());
     let m = node.http("GET", "/metrics", None).await.body;
-    assert!(m.contains("switchboard_broker_lag_seconds"), "{m}");
+    for name in [
+        "switchboard_broker_lag_seconds_bucket",
+        "switchboard_broker_ok 0",
+        "switchboard_gap_fills_total",
+        "switchboard_lost_total",
+    ] {
+        assert!(m.contains(name), "{name} in {m}");
+    }
 
     redis.restart();
     eventually(
