@@ -290,3 +290,34 @@ async fn health_and_ready_follow_redis_down_and_back() {
     assert_eq!(p["offset"], pos["offset"], "delivered after recovery: {p}");
     assert!(sub.quiet_for(Duration::from_millis(200)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_before_redis_serves_unready_then_becomes_ready() {
+    let mut redis = RedisServer::start();
+    redis.kill();
+    let node = TestServer::start(node_config(&redis, "n1")).await;
+    assert_eq!(node.http("GET", "/ready", None).await.status, 503);
+    let h = node.http("GET", "/health", None).await.json();
+    assert_eq!(
+        h["broker"],
+        json!({"kind": "redis", "ok": false, "lag_ms": 0})
+    );
+    let body = json!({"channel": "chat:late", "data": 1}).to_string();
+    let r = node.http("POST", "/api/publish", Some(&body)).await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(node.http("GET", "/api/online", None).await.status, 503);
+    redis.restart();
+    eventually(
+        Duration::from_secs(10),
+        "ready once redis answers",
+        || async { node.http("GET", "/ready", None).await.status == 200 },
+    )
+    .await;
+    let mut c = node.client("late").await;
+    c.subscribe("chat:late").await;
+    let pos = node.publish("chat:late", json!(2)).await;
+    assert_eq!(c.recv_type("pub").await["offset"], pos["offset"]);
+    let info = node.http("GET", "/api/info", None).await.json();
+    assert_eq!(names(&info, "nodes", "name"), ["n1"], "{info}");
+}
