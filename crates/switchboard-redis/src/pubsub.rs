@@ -290,10 +290,12 @@ impl Worker {
             names.sort();
             names.dedup();
             let result = if subscribe {
+                // Kept even when this fails: a caller that gives up
+                // unsubscribes (the node does for a client's subscribe), and
+                // one that cannot (a personal channel taken at connect) is
+                // subscribed when the lane recovers, instead of never.
                 let r = self.conn.subscribe(&names).await;
-                if r.is_ok() {
-                    self.names.extend(names);
-                }
+                self.names.extend(names);
                 r
             } else {
                 for (name, _) in &names {
@@ -340,6 +342,8 @@ impl Worker {
                     op = rx.recv() => {
                         let Some(op) = op else { return };
                         if op.subscribe {
+                            // Taken when the lane recovers (see `apply`).
+                            self.names.insert(op.name, op.kind);
                             let _ = op.reply.send(Err("redis connection lost; reconnecting".into()));
                         } else {
                             self.names.remove(&op.name);

@@ -321,3 +321,27 @@ async fn a_node_started_before_redis_serves_unready_then_becomes_ready() {
     let info = node.http("GET", "/api/info", None).await.json();
     assert_eq!(names(&info, "nodes", "name"), ["n1"], "{info}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_connected_while_redis_was_down_gets_its_personal_messages_after() {
+    let mut redis = RedisServer::start();
+    let node = TestServer::start(node_config(&redis, "n1")).await;
+    redis.kill();
+    eventually(
+        Duration::from_secs(5),
+        "not ready without redis",
+        || async { node.http("GET", "/ready", None).await.status == 503 },
+    )
+    .await;
+    let mut zed = node.client("zed").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    redis.restart();
+    eventually(Duration::from_secs(10), "ready again", || async {
+        node.http("GET", "/ready", None).await.status == 200
+    })
+    .await;
+    node.publish("user:zed", json!({"text": "after the outage"}))
+        .await;
+    let p = zed.recv_type("pub").await;
+    assert_eq!(p["data"]["text"], "after the outage");
+}
