@@ -345,3 +345,73 @@ async fn a_client_that_connected_while_redis_was_down_gets_its_personal_messages
     let p = zed.recv_type("pub").await;
     assert_eq!(p["data"]["text"], "after the outage");
 }
+
+/// Connects, or `None` when the upgrade is refused.
+async fn connect_or_refused(
+    addr: std::net::SocketAddr,
+    token: &str,
+) -> Option<
+    tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<tokio::net::TcpStream>>,
+> {
+    let uri: http::Uri = format!("ws://{addr}/ws?token={token}")
+        .parse()
+        .expect("uri");
+    tokio_websockets::ClientBuilder::from_uri(uri)
+        .connect()
+        .await
+        .ok()
+        .map(|(ws, _)| ws)
+}
+
+/// Whether the connection is still open after `d` (frames are read and
+/// skipped; a close frame or the end means closed).
+async fn open_after(
+    ws: &mut tokio_websockets::WebSocketStream<
+        tokio_websockets::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    d: Duration,
+) -> (bool, Option<u16>) {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + d;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return (true, None),
+            Ok(Some(Ok(m))) => {
+                if let Some((code, _)) = m.as_close() {
+                    return (false, Some(code.into()));
+                }
+            }
+            Ok(_) => return (false, None),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_admitting_one_user_at_once_keep_at_most_the_limit() {
+    let redis = RedisServer::start();
+    let mut nodes = Vec::new();
+    for i in 1..=2 {
+        let mut c = node_config(&redis, &format!("n{i}"));
+        c.limits.max_connections_per_user = 1;
+        nodes.push(TestServer::start(c).await);
+    }
+    for round in 0..3 {
+        let user = format!("fay{round}");
+        let t = token(&user, 3600, &[]);
+        let (a, b) = tokio::join!(
+            connect_or_refused(nodes[0].addr, &t),
+            connect_or_refused(nodes[1].addr, &t)
+        );
+        let mut open = 0;
+        for mut ws in [a, b].into_iter().flatten() {
+            match open_after(&mut ws, Duration::from_millis(1500)).await {
+                (true, _) => open += 1,
+                (false, code) => assert_eq!(code, Some(1008), "closed by the limit"),
+            }
+        }
+        assert_eq!(
+            open, 1,
+            "round {round}: exactly one of two connections stays"
+        );
+    }
+}
