@@ -415,3 +415,24 @@ async fn two_nodes_admitting_one_user_at_once_keep_at_most_the_limit() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaches_redis_over_tls_with_a_password_and_a_private_ca() {
+    let redis = RedisServer::start_tls("s3cret-pw");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, redis.tls_root_cert()).expect("write ca");
+    let mut c = node_config(&redis, "n1");
+    assert!(redis.url().starts_with("rediss://:s3cret-pw@"));
+    c.broker.redis_tls_ca_file = ca.to_string_lossy().into_owned();
+    assert!(!c.redacted_toml().contains("s3cret-pw"));
+    let node = TestServer::start(c).await;
+    eventually(Duration::from_secs(5), "ready over TLS", || async {
+        node.http("GET", "/ready", None).await.status == 200
+    })
+    .await;
+    let mut c = node.client("tia").await;
+    c.subscribe("chat:tls").await;
+    node.publish("chat:tls", json!("over tls")).await;
+    assert_eq!(c.recv_type("pub").await["data"], "over tls");
+}
