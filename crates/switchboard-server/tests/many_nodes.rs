@@ -268,6 +268,10 @@ async fn health_and_ready_follow_redis_down_and_back() {
     let r = node.http("POST", "/api/publish", Some(&body)).await;
     assert_eq!(r.status, 503, "{}", r.body);
     assert!(r.header("retry-after").is_some());
+    let r = sub
+        .call(json!({"op": "publish", "channel": "chat:h", "data": 2}))
+        .await;
+    assert_eq!(r["error"]["code"], "internal", "a client's publish: {r}");
     let m = node.http("GET", "/metrics", None).await.body;
     for name in [
         "switchboard_broker_lag_seconds_bucket",
