@@ -323,7 +323,7 @@ mod tests {
         c.auth.hmac_secret = "hmac-secret-value-0123".into();
         c.auth.jwks_url = "https://jwks-user:jwks-pass@idp.example.com/jwks".into();
         c.api.key = "api-key-value".into();
-        c.broker.redis_url = "redis://:redis-pass@cache:6379".into();
+        c.broker.redis_url = crate::config::RedisUrls::One("redis://:redis-pass@cache:6379".into());
         let secrets = [
             "hmac-secret-value",
             "jwks-pass",

@@ -164,7 +164,9 @@ async fn start_with_failing_history() -> (std::net::SocketAddr, tokio::sync::one
     use std::sync::Arc;
     use switchboard_core::{MemoryBroker, MemoryPresence, Namespaces, Node, NodeOptions};
     let cfg = config();
-    let state = switchboard_server::server::build_state(cfg.clone(), false).expect("state");
+    let state = switchboard_server::server::build_state(cfg.clone(), false)
+        .await
+        .expect("state");
     let Ok(mut st) = Arc::try_unwrap(state) else {
         panic!("the state is shared before the server runs");
     };
