@@ -12,8 +12,11 @@
 //! - writes: the write queue holds at most one outbox's worth; a stalled
 //!   socket lets the outbox fill and overflow (1013), and a socket that
 //!   takes nothing for `ping_interval + ping_timeout` is dropped;
-//! - CPU: the task gives the scheduler its turn under sustained load
-//!   (`consume_budget`), and a turn serves reads and writes alike.
+//! - CPU: a client past its rate limit is not read for [`THROTTLE`] (its
+//!   TCP window pushes back, so a flood costs us what the limit allows, not
+//!   what the link carries); a read that spent its budget yields to the
+//!   scheduler before the next, and so does a task under sustained load
+//!   (`consume_budget`); a turn serves reads and writes alike.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,6 +83,11 @@ pub fn start(
     }
 }
 
+/// How long a client past its rate limit is not read. Its frames keep being
+/// refused (and it is closed 1008 if it keeps on), but the node decodes at
+/// most one read's budget of them per pause.
+const THROTTLE: Duration = Duration::from_millis(250);
+
 /// How long a socket may take none of our bytes before the client is
 /// dropped: as long as a live client may take to answer a ping.
 fn write_timeout(st: &AppState) -> Duration {
@@ -94,6 +102,8 @@ struct Ready {
     readable: bool,
     writable: bool,
     stall_timeout: bool,
+    /// The rate-limit pause is over.
+    resume: bool,
 }
 
 /// Runs one client until it leaves or is closed.
@@ -120,6 +130,8 @@ fn run(
         // Armed only while the socket refuses our bytes; pushed back each
         // time it takes some, so only a socket that takes nothing times out.
         let mut stall_timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // Armed only while the client is past its rate limit: no reads until it fires.
+        let mut read_pause: Option<Pin<Box<tokio::time::Sleep>>> = None;
         // Bytes may have come with the upgrade request: read before waiting.
         let mut ready = Ready {
             readable: conn.has_early_bytes(),
@@ -129,15 +141,21 @@ fn run(
             // Read only while the socket takes what we write (the last write
             // finished): a client that does not read its answers is not read
             // from either.
-            if ready.readable && stall_timer.is_none() {
+            let mut budget_spent = false;
+            if ready.readable && stall_timer.is_none() && read_pause.is_none() {
                 ready.readable = false;
                 let read = conn.read_now();
+                budget_spent = read.budget_spent;
                 // Boxed: handling commands needs a large future that lives
                 // only while it runs.
                 let flow =
                     Box::pin(handle_read(&live.0, &client, &mut conn, &mut limiter, read)).await;
-                if let Flow::End(close) = flow {
-                    break 'run close;
+                match flow {
+                    Flow::End(close) => break 'run close,
+                    Flow::Limited => {
+                        read_pause = Some(Box::pin(tokio::time::sleep(THROTTLE)));
+                    }
+                    Flow::Continue => {}
                 }
             }
             // Take more only once the socket took everything: while it is
@@ -188,9 +206,13 @@ fn run(
                 }
                 break 'run Some(Close::ours(d.code, d.reason));
             }
-            // A client whose outbox never empties never waits below: let the
-            // scheduler run others when its budget is spent.
-            tokio::task::coop::consume_budget().await;
+            // A client with more to read, or whose outbox never empties,
+            // never waits below: let the scheduler run others.
+            if budget_spent {
+                tokio::task::yield_now().await;
+            } else {
+                tokio::task::coop::consume_budget().await;
+            }
             // Wait for the next thing to do without storing a future per
             // source: readiness is polled straight from the socket and the outbox.
             let woke = std::future::poll_fn(|cx| {
@@ -204,10 +226,14 @@ fn run(
                     r.stall_timeout = stall_timer
                         .as_mut()
                         .is_some_and(|t| t.as_mut().poll(cx).is_ready());
+                } else if let Some(t) = read_pause.as_mut() {
+                    // Paused: the socket's readiness is not watched, or a
+                    // flooding client would wake us for nothing.
+                    r.resume = t.as_mut().poll(cx).is_ready();
                 } else {
                     r.readable = conn.stream.poll_read_ready(cx).is_ready();
                 }
-                if r.outbox || r.readable || r.writable || r.stall_timeout {
+                if r.outbox || r.readable || r.writable || r.stall_timeout || r.resume {
                     Poll::Ready(r)
                 } else {
                     Poll::Pending
@@ -218,6 +244,12 @@ fn run(
                 tracing::info!(client = %client.id, user = %client.user, "write timed out: the client takes no frames");
                 break 'run None;
             }
+            if woke.resume {
+                read_pause = None;
+                // Whatever arrived meanwhile: try it (a read that finds
+                // nothing costs one system call).
+                ready.readable = true;
+            }
             ready.readable |= woke.readable;
         };
         Box::pin(finish(live, conn, client, close)).await;
@@ -227,6 +259,8 @@ fn run(
 /// What handling a read leaves the client to do.
 enum Flow {
     Continue,
+    /// Go on, but the client went past its rate limit: pause its reads.
+    Limited,
     /// End the client, with a close frame when there is one.
     End(Option<Close>),
 }
@@ -250,13 +284,19 @@ async fn handle_read(
         client.touch(now);
     }
     // Fragments that did not finish a message: counted, never answered.
+    let mut limited_fragments = false;
     for _ in 0..read.frames.saturating_sub(read.messages.len()) {
-        if limiter.check(now) == Verdict::Close {
-            node.close_client(client, Disconnect::RATE_LIMITED).await;
-            // The outbox is closing: the next turn sends the reason.
-            return Flow::Continue;
+        match limiter.check(now) {
+            Verdict::Close => {
+                node.close_client(client, Disconnect::RATE_LIMITED).await;
+                // The outbox is closing: the next turn sends the reason.
+                return Flow::Continue;
+            }
+            Verdict::Limit => limited_fragments = true,
+            Verdict::Allow => {}
         }
     }
+    let mut limited = false;
     let mut pongs_at_once = PONGS_AT_ONCE;
     for m in read.messages {
         if let Some(close) = Close::answer(&m) {
@@ -267,6 +307,7 @@ async fn handle_read(
             node.close_client(client, Disconnect::RATE_LIMITED).await;
             return Flow::Continue;
         }
+        limited |= verdict == Verdict::Limit;
         match m {
             Message::Ping(p) => {
                 // A ping past the limit gets no pong.
@@ -294,6 +335,7 @@ async fn handle_read(
         }
     }
     match read.end {
+        None if limited || limited_fragments => Flow::Limited,
         None => Flow::Continue,
         Some(ReadEnd::Eof) => Flow::End(None),
         Some(ReadEnd::Failed(e)) => {

@@ -23,6 +23,10 @@ use super::write_queue::{RAW, WriteQueue};
 /// clients run.
 const READ_BUDGET: usize = 256 * 1024;
 
+/// Reads (each up to [`READ_BUDGET`]) spent waiting for the peer's close
+/// frame after ours.
+const CLOSE_READS: usize = 4;
+
 /// How many pongs one read may write one by one (each its own `send`); past
 /// it, pings of that read share the one pending pong. Enough for a peer that
 /// checks every ping of a short burst is answered (Autobahn's 2.10 sends 10).
@@ -82,6 +86,9 @@ pub(super) struct ReadOutcome {
     /// rate limit counts.
     pub(super) frames: usize,
     pub(super) end: Option<ReadEnd>,
+    /// The read stopped at its budget with bytes possibly left: the task
+    /// yields before reading again, so one busy client cannot hold a worker.
+    pub(super) budget_spent: bool,
 }
 
 pub(super) enum ReadEnd {
@@ -153,6 +160,7 @@ impl Connection {
             messages: Vec::new(),
             frames: 0,
             end: None,
+            budget_spent: false,
         };
         let early = self
             .reading
@@ -191,6 +199,7 @@ impl Connection {
                 }
             }
         }
+        read.budget_spent = budget == 0;
         read
     }
 
@@ -241,8 +250,12 @@ impl Connection {
         if close.by_peer {
             return;
         }
+        // Waiting for the peer's close costs at most a few reads: a peer
+        // that keeps sending instead is dropped. (`readable()` does not
+        // yield to the scheduler while bytes keep coming, so the timeout
+        // alone would never fire against a flood.)
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            loop {
+            for _ in 0..CLOSE_READS {
                 if self.stream.readable().await.is_err() {
                     return;
                 }
