@@ -1,6 +1,8 @@
-//! The [`PresenceStore`] role: who is in a channel now, and [`MemoryPresence`].
+//! The [`PresenceStore`] role: who is in a channel now, who is connected
+//! (online users, each user's connections, for the per-user limit), and
+//! [`MemoryPresence`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -23,19 +25,51 @@ pub enum PresenceError {
     Store(String),
 }
 
-/// Per-channel presence.
+/// Per-channel presence, and connections per user.
 #[async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
     async fn add(&self, channel: &ChannelName, entry: PresenceEntry) -> Result<(), PresenceError>;
     async fn remove(&self, channel: &ChannelName, client: &str) -> Result<(), PresenceError>;
     /// Entries ordered by client id.
     async fn get(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, PresenceError>;
+
+    /// Takes `client` out of every channel of `channels` (a disconnect): one
+    /// round trip for a shared store, however many channels.
+    async fn remove_many(
+        &self,
+        client: &str,
+        channels: &[ChannelName],
+    ) -> Result<(), PresenceError> {
+        for c in channels {
+            self.remove(c, client).await?;
+        }
+        Ok(())
+    }
+
+    /// Counts `client` as a connection of `user` (and `user` as online).
+    /// Returns `user`'s connections on every node, this one included.
+    async fn add_connection(&self, user: &str, client: &str) -> Result<usize, PresenceError>;
+    /// The connection closed; a user left with none is no longer online.
+    async fn remove_connection(&self, user: &str, client: &str) -> Result<(), PresenceError>;
+    /// `user`'s connections on every node.
+    async fn user_connections(&self, user: &str) -> Result<usize, PresenceError>;
+    /// Users with at least one connection on any node, sorted.
+    async fn online(&self) -> Result<Vec<String>, PresenceError>;
+
+    /// Whether other nodes share this store. When not, the node's hub
+    /// already knows every connection exactly, and the node skips the
+    /// connection calls above (an idle connection then costs nothing here).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Presence of this node's clients, kept in memory.
 #[derive(Debug, Default)]
 pub struct MemoryPresence {
     channels: Mutex<HashMap<ChannelName, BTreeMap<String, PresenceEntry>>>,
+    /// user → clients.
+    users: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
 #[async_trait]
@@ -67,6 +101,32 @@ impl PresenceStore for MemoryPresence {
             .get(channel)
             .map(|e| e.values().cloned().collect())
             .unwrap_or_default())
+    }
+
+    async fn add_connection(&self, user: &str, client: &str) -> Result<usize, PresenceError> {
+        let mut users = self.users.lock();
+        let clients = users.entry(user.to_string()).or_default();
+        clients.insert(client.to_string());
+        Ok(clients.len())
+    }
+
+    async fn remove_connection(&self, user: &str, client: &str) -> Result<(), PresenceError> {
+        let mut users = self.users.lock();
+        if let Some(clients) = users.get_mut(user) {
+            clients.remove(client);
+            if clients.is_empty() {
+                users.remove(user);
+            }
+        }
+        Ok(())
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<usize, PresenceError> {
+        Ok(self.users.lock().get(user).map_or(0, BTreeSet::len))
+    }
+
+    async fn online(&self) -> Result<Vec<String>, PresenceError> {
+        Ok(self.users.lock().keys().cloned().collect())
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::seam::BrokerHealth;
+use switchboard_core::BrokerHealth;
 
 pub(crate) struct Health {
     started: Instant,

@@ -11,7 +11,6 @@
 //!   per-user connection counts, refreshed by their node and expiring with it.
 //! - [`RedisNodes`] (`nodes`): node announcements.
 //! - `keys`: every key and pub/sub name. `lua/`: the scripts.
-//! - `seam`: the broker seam's types until core carries them.
 //! - `testing` (feature `testing`): a redis-server or a 3-master Redis
 //!   Cluster on free ports, for tests.
 
@@ -25,7 +24,6 @@ mod nodes;
 mod presence;
 mod pubsub;
 mod scripts;
-pub mod seam;
 #[cfg(feature = "testing")]
 pub mod testing;
 
@@ -33,4 +31,6 @@ pub use broker::RedisBroker;
 pub use config::{RedisOptions, RedisUrl};
 pub use nodes::{NodeInfo, RedisNodes};
 pub use presence::RedisPresence;
-pub use seam::{BrokerEvents2, BrokerHealth, ControlMessage};
+// The seam's types are core's; re-exported so callers of the broker need
+// not name both crates.
+pub use switchboard_core::{BrokerHealth, ControlMessage};

@@ -397,8 +397,35 @@ impl PresenceStore for RedisPresence {
     }
 
     async fn remove(&self, channel: &ChannelName, client: &str) -> Result<(), PresenceError> {
-        self.remove_many(client, std::slice::from_ref(channel))
-            .await
+        RedisPresence::remove_many(self, client, std::slice::from_ref(channel)).await
+    }
+
+    async fn remove_many(
+        &self,
+        client: &str,
+        channels: &[ChannelName],
+    ) -> Result<(), PresenceError> {
+        RedisPresence::remove_many(self, client, channels).await
+    }
+
+    async fn add_connection(&self, user: &str, client: &str) -> Result<usize, PresenceError> {
+        RedisPresence::add_connection(self, user, client).await
+    }
+
+    async fn remove_connection(&self, user: &str, client: &str) -> Result<(), PresenceError> {
+        RedisPresence::remove_connection(self, user, client).await
+    }
+
+    async fn user_connections(&self, user: &str) -> Result<usize, PresenceError> {
+        RedisPresence::user_connections(self, user).await
+    }
+
+    async fn online(&self) -> Result<Vec<String>, PresenceError> {
+        RedisPresence::online(self).await
+    }
+
+    fn shared(&self) -> bool {
+        true
     }
 
     async fn get(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, PresenceError> {

@@ -25,11 +25,11 @@ use crate::conn::{self, Conn, Kind};
 use crate::envelope::{self, Envelope};
 use crate::health::Health;
 use crate::keys;
-use crate::seam::{BrokerEvents2, ControlMessage};
+use switchboard_core::{BrokerEvents, ControlMessage};
 
 /// What every lane's receiving side shares with the broker.
 pub(crate) struct Shared {
-    pub events: OnceLock<Arc<dyn BrokerEvents2>>,
+    pub events: OnceLock<Arc<dyn BrokerEvents>>,
     pub health: Health,
     /// This node's probe names, by lane.
     pub probes: Vec<String>,

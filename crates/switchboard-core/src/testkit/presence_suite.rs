@@ -37,6 +37,52 @@ where
     removal_is_idempotent_and_adding_twice_replaces(&*make().await).await;
     channels_are_independent(&*make().await).await;
     concurrent_adds_and_removes_settle(make().await).await;
+    remove_many_takes_a_client_out_of_every_channel(&*make().await).await;
+    connections_are_counted_per_user_and_online(&*make().await).await;
+}
+
+/// `remove_many` leaves the client's other channels and other clients alone.
+pub async fn remove_many_takes_a_client_out_of_every_channel(store: &dyn PresenceStore) {
+    let chs: Vec<ChannelName> = (0..5).map(|i| channel(&format!("many{i}"))).collect();
+    for ch in &chs {
+        store.add(ch, entry("a", "c-1")).await.expect("add");
+        store.add(ch, entry("b", "c-2")).await.expect("add");
+    }
+    store
+        .remove_many("c-1", &chs[..4])
+        .await
+        .expect("remove_many");
+    for ch in &chs[..4] {
+        assert_eq!(store.get(ch).await.expect("get"), vec![entry("b", "c-2")]);
+    }
+    assert_eq!(store.get(&chs[4]).await.expect("get").len(), 2);
+    store.remove_many("c-1", &[]).await.expect("nothing");
+}
+
+/// Each user's connections are counted; a user is online while it has one.
+pub async fn connections_are_counted_per_user_and_online(store: &dyn PresenceStore) {
+    let tag = format!("{:08x}", fastrand::u32(..));
+    let (a, b) = (format!("a-{tag}"), format!("b-{tag}"));
+    assert_eq!(store.user_connections(&a).await.expect("count"), 0);
+    assert_eq!(store.add_connection(&a, "c-1").await.expect("add"), 1);
+    assert_eq!(store.add_connection(&a, "c-2").await.expect("add"), 2);
+    assert_eq!(store.add_connection(&a, "c-2").await.expect("again"), 2);
+    assert_eq!(store.add_connection(&b, "c-3").await.expect("add"), 1);
+    assert_eq!(store.user_connections(&a).await.expect("count"), 2);
+    let online = store.online().await.expect("online");
+    assert!(online.contains(&a) && online.contains(&b), "{online:?}");
+    assert!(
+        online.windows(2).all(|w| w[0] <= w[1]),
+        "sorted: {online:?}"
+    );
+    store.remove_connection(&a, "c-1").await.expect("remove");
+    assert_eq!(store.user_connections(&a).await.expect("count"), 1);
+    store.remove_connection(&a, "c-2").await.expect("remove");
+    store.remove_connection(&a, "c-2").await.expect("again");
+    assert_eq!(store.user_connections(&a).await.expect("count"), 0);
+    let online = store.online().await.expect("online");
+    assert!(!online.contains(&a) && online.contains(&b), "{online:?}");
+    store.remove_connection(&b, "c-3").await.expect("remove");
 }
 
 /// What is added is read back as it was; what is removed is gone.

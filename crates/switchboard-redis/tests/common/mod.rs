@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use switchboard_core::{BrokerEvents, ControlMessage};
 use switchboard_core::{HistoryQuery, HistoryRead, Retention};
 use switchboard_protocol::{ChannelName, Publication, StreamPosition};
-use switchboard_redis::{BrokerEvents2, ControlMessage, RedisBroker};
+use switchboard_redis::RedisBroker;
 use tokio::sync::Notify;
 
 /// Records what a broker hands its node.
@@ -24,7 +25,7 @@ pub struct Recorder {
     changed: Notify,
 }
 
-impl BrokerEvents2 for Recorder {
+impl BrokerEvents for Recorder {
     fn on_publication(&self, publication: Arc<Publication>) {
         self.publications.lock().push(publication);
         self.changed.notify_waiters();
