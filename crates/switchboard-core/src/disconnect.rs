@@ -24,6 +24,11 @@ impl Disconnect {
         code: 1013,
         reason: "slow consumer",
     };
+    /// Admitted by two nodes at once past `max_connections_per_user`.
+    pub const USER_LIMIT: Disconnect = Disconnect {
+        code: 1008,
+        reason: "too many connections for this user",
+    };
     pub const KICKED: Disconnect = Disconnect {
         code: 4000,
         reason: "disconnected by the server API",

@@ -20,6 +20,7 @@ use crate::metrics::{CodeLabel, Metrics};
 use crate::namespace::Namespaces;
 use crate::presence::{PresenceEntry, PresenceStore};
 
+mod cluster;
 mod subscribe;
 
 pub use subscribe::REORDER_WINDOW;
@@ -249,6 +250,7 @@ impl Node {
             self.opts.max_connections_per_user,
         )?;
         self.metrics.connections.inc();
+        self.count_connection(&client);
         let _ = client.outbox.push(frame::welcome(
             &client.id,
             &client.user,
@@ -356,8 +358,24 @@ impl Node {
         };
         self.hub.remove_client(client);
         self.metrics.connections.dec();
+        self.uncount_connection(client).await;
+        // Presence leaves every channel in one call; the leaves follow.
+        let present: Vec<ChannelName> = channels
+            .iter()
+            .filter(|c| {
+                self.opts.namespaces.policy(c).presence && c.personal_owner() != Some(&*client.user)
+            })
+            .cloned()
+            .collect();
+        if !present.is_empty()
+            && let Err(e) = self.presence.remove_many(&client.id, &present).await
+        {
+            tracing::warn!(error = %e, "presence remove failed");
+        }
         for channel in channels {
-            self.leave_channel(client, &channel).await;
+            let presence_left = present.contains(&channel);
+            self.leave_channel_with(client, &channel, !presence_left)
+                .await;
         }
         if let Ok(personal) = ChannelName::personal(&client.user) {
             self.release_broker(&personal).await;
@@ -365,6 +383,17 @@ impl Node {
     }
 
     async fn leave_channel(&self, client: &ClientHandle, channel: &ChannelName) {
+        self.leave_channel_with(client, channel, true).await;
+    }
+
+    /// `remove_presence`: false when the caller already took the client out
+    /// of the channel's presence.
+    async fn leave_channel_with(
+        &self,
+        client: &ClientHandle,
+        channel: &ChannelName,
+        remove_presence: bool,
+    ) {
         let Some(last) = self.hub.leave(channel, client) else {
             return;
         };
@@ -375,7 +404,7 @@ impl Node {
         if channel.personal_owner() == Some(&*client.user) && !self.leave_personal(client) {
             return;
         }
-        self.denounce(client, channel).await;
+        self.denounce_with(client, channel, remove_presence).await;
     }
 
     /// Handles one decoded command (all but `refresh`, which needs the

@@ -266,12 +266,84 @@ pub struct LimitsConfig {
     pub max_channels_per_client: usize,
 }
 
+/// `[broker] kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerKind {
+    /// One node: offsets, history and presence in this process.
+    Memory,
+    /// Any number of nodes sharing one Redis or Redis Cluster (PROTOCOL §9).
+    Redis,
+}
+
+impl BrokerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerKind::Memory => "memory",
+            BrokerKind::Redis => "redis",
+        }
+    }
+}
+
+/// `[broker] redis_url`: one URL, or a Redis Cluster's seed nodes (a TOML
+/// list, or from the environment a comma-separated string).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum RedisUrls {
+    One(String),
+    Seeds(Vec<String>),
+}
+
+impl RedisUrls {
+    /// Every URL given, in order (a comma-separated string counts as seeds).
+    pub fn urls(&self) -> Vec<&str> {
+        match self {
+            RedisUrls::One(u) => u
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .collect(),
+            RedisUrls::Seeds(us) => us.iter().map(|u| u.trim()).collect(),
+        }
+    }
+
+    /// More than one URL: a Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisUrls::Seeds(_)) || self.urls().len() > 1
+    }
+}
+
+/// Credentials never reach a log.
+impl fmt::Debug for RedisUrls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.urls().into_iter().map(redact_url))
+            .finish()
+    }
+}
+
+/// `scheme://user:password@host` → `scheme://<redacted>@host`, for logs.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None if url.contains('@') => "<redacted>".to_string(),
+        None => url.to_string(),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    /// `memory` (one node).
-    pub kind: String,
-    pub redis_url: String,
+    pub kind: BrokerKind,
+    pub redis_url: RedisUrls,
+    /// No probe back through the broker for this long: not ready (§9).
+    pub stall_timeout: Dur,
+    /// For `rediss://`: a PEM file of the CA that signs Redis's certificate,
+    /// trusted instead of the system's roots. Empty: the system's roots.
+    pub redis_tls_ca_file: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -399,8 +471,10 @@ impl Default for LimitsConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            kind: "memory".into(),
-            redis_url: "redis://127.0.0.1:6379".into(),
+            kind: BrokerKind::Memory,
+            redis_url: RedisUrls::One("redis://127.0.0.1:6379".into()),
+            stall_timeout: Dur::secs(5),
+            redis_tls_ca_file: String::new(),
         }
     }
 }
@@ -645,12 +719,7 @@ impl Config {
         if self.limits.messages_per_second == 0 {
             errs.push("limits.messages_per_second: must be above 0".into());
         }
-        if self.broker.kind != "memory" {
-            errs.push(format!(
-                "broker.kind: `{}` is not available in this build (use \"memory\")",
-                self.broker.kind
-            ));
-        }
+        errs.extend(self.broker_problems());
         if !matches!(self.history.store.as_str(), "memory" | "file") {
             errs.push(format!(
                 "history.store: `{}` must be \"memory\" or \"file\"",
@@ -779,6 +848,49 @@ impl Config {
         self
     }
 
+    fn broker_problems(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        if self.broker.stall_timeout.0 < Duration::from_secs(1) {
+            // The probe goes every second: less would flap.
+            errs.push("broker.stall_timeout: must be at least 1s".into());
+        }
+        if self.presence.ttl.0 < Duration::from_secs(1) {
+            errs.push("presence.ttl: must be at least 1s".into());
+        }
+        if self.broker.kind != BrokerKind::Redis {
+            return errs;
+        }
+        let urls = self.broker.redis_url.urls();
+        if urls.is_empty() {
+            errs.push("broker.redis_url: a URL is required with kind = \"redis\"".into());
+        }
+        for u in urls {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                errs.push(format!(
+                    "broker.redis_url: `{}` must start with redis:// or rediss://",
+                    redact_url(u)
+                ));
+            }
+        }
+        if self.history.store == "file" {
+            // PROTOCOL §8: history lives in Redis with the Redis broker.
+            errs.push(
+                "history.store: \"file\" works with the memory broker only; with \
+                 broker.kind = \"redis\" history lives in Redis (use \"memory\")"
+                    .into(),
+            );
+        }
+        if !self.broker.redis_tls_ca_file.is_empty()
+            && !Path::new(&self.broker.redis_tls_ca_file).is_file()
+        {
+            errs.push(format!(
+                "broker.redis_tls_ca_file: `{}` is not a readable file",
+                self.broker.redis_tls_ca_file
+            ));
+        }
+        errs
+    }
+
     /// The config as TOML with secrets replaced, for the start-up log.
     pub fn redacted_toml(&self) -> String {
         let mut c = self.clone();
@@ -788,6 +900,12 @@ impl Config {
         if !c.api.key.is_empty() {
             c.api.key = "<redacted>".into();
         }
+        c.broker.redis_url = match &c.broker.redis_url {
+            RedisUrls::One(u) => {
+                RedisUrls::One(u.split(',').map(redact_url).collect::<Vec<_>>().join(","))
+            }
+            RedisUrls::Seeds(us) => RedisUrls::Seeds(us.iter().map(|u| redact_url(u)).collect()),
+        };
         toml::to_string(&c).unwrap_or_default()
     }
 }
@@ -865,6 +983,45 @@ mod tests {
         std::fs::write(&f, "[ws]\nping_interval = \"soon\"\n").expect("write");
         let err = Config::load(Some(&f), env(OK)).expect_err("invalid").0;
         assert!(err.contains("soon"), "{err}");
+    }
+
+    #[test]
+    fn the_broker_is_typed_and_redis_refuses_the_file_store() {
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_BROKER_KIND".into(), "nats".into()));
+        let err = Config::load(None, e).expect_err("unknown kind").0;
+        assert!(err.contains("nats"), "{err}");
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_BROKER_KIND".into(), "redis".into()));
+        e.push(("SWITCHBOARD_HISTORY_STORE".into(), "file".into()));
+        e.push(("SWITCHBOARD_BROKER_REDIS_URL".into(), "http://x".into()));
+        let err = Config::load(None, e).expect_err("file store with redis").0;
+        assert!(
+            err.contains("history.store") && err.contains("broker.redis_url"),
+            "{err}"
+        );
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_BROKER_KIND".into(), "redis".into()));
+        e.push((
+            "SWITCHBOARD_BROKER_REDIS_URL".into(),
+            "redis://:pw1@a:1, rediss://u:pw2@b:2".into(),
+        ));
+        let (c, _) = Config::load(None, e).expect("seeds from the environment");
+        assert_eq!(c.broker.kind, BrokerKind::Redis);
+        assert!(c.broker.redis_url.is_cluster());
+        assert_eq!(
+            c.broker.redis_url.urls(),
+            ["redis://:pw1@a:1", "rediss://u:pw2@b:2"]
+        );
+        let shown = format!("{} {:?}", c.redacted_toml(), c.broker);
+        assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+        assert!(shown.contains("a:1") && shown.contains("b:2"), "{shown}");
+        let listed: Config = toml::from_str(
+            "[broker]\nkind = \"redis\"\nredis_url = [\"redis://a:1\", \"redis://b:2\"]\n",
+        )
+        .expect("a list of seeds");
+        assert!(listed.broker.redis_url.is_cluster());
+        assert!(!Config::default().broker.redis_url.is_cluster());
     }
 
     #[test]

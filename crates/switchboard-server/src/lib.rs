@@ -6,10 +6,12 @@
 //! - [`auth`]: token sources, JWT verification, the API key.
 //! - [`http`]: the router: `/ws` (checks before the upgrade), `/api/*`, operations.
 //! - [`transport`]: one WebSocket client's read and write loop.
+//! - [`backends`]: the broker and presence store the config names (memory or Redis).
 //! - [`server`]: builds the node, accepts connections, shuts down gracefully.
 //! - [`fds`]: file-descriptor limit and count.
 
 pub mod auth;
+pub mod backends;
 pub mod config;
 pub mod fds;
 pub mod http;

@@ -229,7 +229,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     let serve = runtime.spawn(async move {
         let listener = server::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
-        let state = server::build_state(cfg, dev).map_err(anyhow::Error::msg)?;
+        let state = server::build_state(cfg, dev)
+            .await
+            .map_err(anyhow::Error::msg)?;
         println!("listening on http://{local}");
         tracing::info!(%local, node = %state.node.name(), "switchboard started");
         server::run(state, listener, shutdown_signal()).await?;

@@ -7,14 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use switchboard_core::{
-    Disconnect, FileHistory, HistoryStore, MemoryBroker, MemoryHistory, MemoryPresence, Namespaces,
-    Node, NodeOptions, SyncMode,
-};
+use switchboard_core::{Disconnect, Namespaces, Node, NodeOptions};
 use switchboard_protocol::ChannelName;
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::auth::Verifier;
+use crate::backends::Backends;
 use crate::config::Config;
 use crate::http::{AppState, SharedState, router};
 
@@ -33,8 +31,9 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Builds the shared state (node, verifier, router state) from a valid config.
-pub fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> {
+/// Builds the shared state (node, its backends, verifier, router state)
+/// from a valid config. With Redis, waits for it a while (see `backends`).
+pub async fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> {
     let verifier = Verifier::from_config(&cfg.auth)?;
     let opts = NodeOptions {
         name: cfg.node_name.clone(),
@@ -47,21 +46,11 @@ pub fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> {
         ping_timeout: cfg.ws.ping_timeout.0,
         leeway: cfg.auth.leeway.0,
     };
-    let history: Arc<dyn HistoryStore> = if cfg.history.store == "file" {
-        let sync = if cfg.history.sync == "batch" {
-            SyncMode::Batch {
-                max_delay: cfg.history.batch_delay.0,
-            }
-        } else {
-            SyncMode::Always
-        };
-        Arc::new(FileHistory::open(&cfg.history.path, sync).map_err(|e| e.to_string())?)
-    } else {
-        Arc::new(MemoryHistory::new())
-    };
-    let broker = Arc::new(MemoryBroker::new(history));
-    let node = Node::new(opts, broker, Arc::new(MemoryPresence::default()));
-    let registry = node.metrics.registry();
+    let backends = Backends::build(&cfg).await?;
+    let node = Node::new(opts, backends.broker.clone(), backends.presence.clone());
+    let cluster = backends.cluster(&node);
+    let mut registry = node.metrics.registry();
+    let broker_metrics = crate::http::ops::BrokerMetrics::register(&mut registry);
     let text_channel = if cfg.text_channel.is_empty() {
         None
     } else {
@@ -76,6 +65,8 @@ pub fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> {
         live_transports: AtomicUsize::new(0),
         dev,
         registry,
+        cluster,
+        broker_metrics,
     }))
 }
 
@@ -94,6 +85,7 @@ pub async fn run(
             .clone()
             .run_heartbeats(state.cfg.auth.expire_connections),
     );
+    let broker_watch = tokio::spawn(crate::http::ops::watch_broker(Arc::downgrade(&state)));
     tokio::pin!(shutdown);
     // Until an accepted socket shows it inherited `TCP_NODELAY` from the
     // listener, set it on each.
@@ -125,6 +117,8 @@ pub async fn run(
     drop(listener);
     drain(&state).await;
     heartbeats.abort();
+    broker_watch.abort();
+    state.cluster.leave(state.node.name()).await;
     Ok(())
 }
 

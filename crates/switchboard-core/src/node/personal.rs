@@ -95,8 +95,19 @@ impl Node {
     /// Removes presence and pushes the leave of `client` from `channel`, as
     /// the namespace says.
     pub(super) async fn denounce(&self, client: &ClientHandle, channel: &ChannelName) {
+        self.denounce_with(client, channel, true).await;
+    }
+
+    /// `remove_presence`: false when the caller already removed it.
+    pub(super) async fn denounce_with(
+        &self,
+        client: &ClientHandle,
+        channel: &ChannelName,
+        remove_presence: bool,
+    ) {
         let policy = self.opts.namespaces.policy(channel);
         if policy.presence
+            && remove_presence
             && let Err(e) = self.presence.remove(channel, &client.id).await
         {
             tracing::warn!(error = %e, "presence remove failed");

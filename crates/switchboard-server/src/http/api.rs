@@ -194,13 +194,18 @@ pub async fn presence(
     }
 }
 
+/// Users connected to any node (PROTOCOL §9).
 pub async fn online(State(st): State<SharedState>) -> Response {
-    let mut users: Vec<String> = st.node.hub.users().iter().map(|u| u.to_string()).collect();
-    users.sort();
-    json_response(
-        StatusCode::OK,
-        serde_json::json!({ "count": users.len(), "users": users }).to_string(),
-    )
+    match st.node.online().await {
+        Ok(users) => json_response(
+            StatusCode::OK,
+            serde_json::json!({ "count": users.len(), "users": users }).to_string(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "online users read failed");
+            unavailable("unavailable", "presence store unavailable, retry", 1)
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -260,18 +265,42 @@ pub async fn disconnect(State(st): State<SharedState>, req: Request) -> Response
         Ok(b) => b,
         Err(r) => return r,
     };
-    let n = st
+    // Every node closes the user's connections; the count is of all nodes.
+    match st
         .node
-        .disconnect_user(&body.user, Disconnect::KICKED)
-        .await;
-    json_response(
-        StatusCode::OK,
-        serde_json::json!({ "disconnected": n }).to_string(),
-    )
+        .disconnect_everywhere(&body.user, Disconnect::KICKED)
+        .await
+    {
+        Ok(n) => json_response(
+            StatusCode::OK,
+            serde_json::json!({ "disconnected": n }).to_string(),
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "disconnect on other nodes failed");
+            unavailable(
+                "unavailable",
+                "the broker could not reach the other nodes, retry",
+                1,
+            )
+        }
+    }
 }
 
 pub async fn info(State(st): State<SharedState>) -> Response {
     let node = &st.node;
+    match st.cluster.nodes().await {
+        None => {}
+        Some(Ok(nodes)) => {
+            return json_response(
+                StatusCode::OK,
+                serde_json::json!({ "nodes": nodes }).to_string(),
+            );
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "node list read failed");
+            return unavailable("unavailable", "node list unavailable, retry", 1);
+        }
+    }
     let body = serde_json::json!({
         "nodes": [{
             "name": node.name(),

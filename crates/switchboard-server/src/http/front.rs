@@ -223,7 +223,9 @@ async fn websocket(
         &Method::GET,
         request.query.as_deref(),
         &request.headers,
-    ) {
+    )
+    .await
+    {
         Ok(accepted) => {
             let head = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: {}\r\n\r\n",

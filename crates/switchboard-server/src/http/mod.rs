@@ -33,6 +33,9 @@ pub struct AppState {
     /// Development mode: the demo page and `/dev/token` exist.
     pub dev: bool,
     pub registry: prometheus_client::registry::Registry,
+    /// The gateway's nodes (`/api/info`).
+    pub cluster: crate::backends::Cluster,
+    pub broker_metrics: ops::BrokerMetrics,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -59,7 +59,7 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 pub async fn upgrade(State(st): State<SharedState>, mut req: Request) -> Response {
-    let accepted = match check(&st, req.method(), req.uri().query(), req.headers()) {
+    let accepted = match check(&st, req.method(), req.uri().query(), req.headers()).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -101,13 +101,13 @@ pub struct Accepted {
 
 /// Every check of PROTOCOL §1, before any `101`: the refusal, when there is
 /// one, is the response to send (with `Connection: close`).
-pub fn check(
+pub async fn check(
     st: &SharedState,
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Accepted, Box<Response>> {
-    checked(st, method, query, headers).map_err(|mut r| {
+    checked(st, method, query, headers).await.map_err(|mut r| {
         // A refused client has nothing more to say on this connection.
         r.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -115,7 +115,7 @@ pub fn check(
     })
 }
 
-fn checked(
+async fn checked(
     st: &SharedState,
     method: &Method,
     query: Option<&str>,
@@ -189,7 +189,7 @@ fn checked(
             "sub is not a valid user id",
         )));
     }
-    match node.admission(&claims.sub) {
+    match node.admission_everywhere(&claims.sub).await {
         Ok(()) => {}
         Err(AddError::NodeFull) => {
             reject("node_full");

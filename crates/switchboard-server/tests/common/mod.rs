@@ -71,7 +71,7 @@ impl TestServer {
         cfg.validate().expect("test config is valid");
         let listener = server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let state = server::build_state(cfg, false).expect("state");
+        let state = server::build_state(cfg, false).await.expect("state");
         let (tx, rx) = oneshot::channel::<()>();
         let st = state.clone();
         let task = tokio::spawn(async move {

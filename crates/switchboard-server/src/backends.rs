@@ -1,0 +1,220 @@
+//! Composition of the node's backends from `[broker]`, `[presence]` and
+//! `[history]`: the memory broker (one node) or Redis (many nodes, PROTOCOL
+//! §9). The only file of the server that names Redis: everything else sees
+//! core's `Broker` and `PresenceStore` roles and [`Cluster`].
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use switchboard_core::{
+    Broker, FileHistory, HistoryStore, MemoryBroker, MemoryHistory, MemoryPresence, Node,
+    PresenceStore, SyncMode,
+};
+use switchboard_redis::{NodeInfo, RedisBroker, RedisNodes, RedisOptions, RedisPresence, RedisUrl};
+
+use crate::config::{BrokerKind, Config, RedisUrls, redact_url};
+
+/// How long a start waits for an unreachable Redis, retrying with backoff,
+/// before it gives up with a message (a supervisor restarts it).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The roles a node is built with, and what the cluster needs beside them.
+pub struct Backends {
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn PresenceStore>,
+    nodes: Option<Arc<RedisNodes>>,
+}
+
+/// The nodes of the gateway, for `/api/info`: this one alone with the
+/// memory broker, or every node that announced itself within the ttl.
+pub struct Cluster {
+    nodes: Option<Arc<RedisNodes>>,
+    announcer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(a) = &self.announcer {
+            a.abort();
+        }
+    }
+}
+
+/// One node as `/api/info` lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeSummary {
+    pub name: String,
+    pub version: String,
+    pub connections: u64,
+    pub subscriptions: u64,
+}
+
+fn summary(node: &Node) -> NodeInfo {
+    NodeInfo {
+        name: node.name().to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        connections: node.hub.connection_count() as u64,
+        subscriptions: node.hub.subscription_count() as u64,
+    }
+}
+
+impl Cluster {
+    /// Every live node, sorted by name; `None` with the memory broker (the
+    /// caller lists itself).
+    pub async fn nodes(&self) -> Option<Result<Vec<NodeSummary>, String>> {
+        let nodes = self.nodes.as_ref()?;
+        Some(
+            nodes
+                .nodes()
+                .await
+                .map(|all| {
+                    all.into_iter()
+                        .map(|n| NodeSummary {
+                            name: n.name,
+                            version: n.version,
+                            connections: n.connections,
+                            subscriptions: n.subscriptions,
+                        })
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// A clean shutdown: this node leaves the list at once.
+    pub async fn leave(&self, name: &str) {
+        if let Some(nodes) = &self.nodes
+            && let Err(e) = nodes.leave(name).await
+        {
+            tracing::warn!(error = %e, "could not withdraw this node's announcement");
+        }
+    }
+}
+
+impl Backends {
+    pub async fn build(cfg: &Config) -> Result<Backends, String> {
+        match cfg.broker.kind {
+            BrokerKind::Memory => Ok(Backends {
+                broker: Arc::new(MemoryBroker::new(history(cfg)?)),
+                presence: Arc::new(MemoryPresence::default()),
+                nodes: None,
+            }),
+            BrokerKind::Redis => redis(cfg).await,
+        }
+    }
+
+    /// Starts announcing `node` (every ttl/3) when other nodes share the
+    /// broker.
+    pub fn cluster(&self, node: &Arc<Node>) -> Cluster {
+        let announcer = self
+            .nodes
+            .as_ref()
+            .map(|nodes| tokio::spawn(announce(nodes.clone(), Arc::downgrade(node))));
+        Cluster {
+            nodes: self.nodes.clone(),
+            announcer,
+        }
+    }
+}
+
+fn history(cfg: &Config) -> Result<Arc<dyn HistoryStore>, String> {
+    if cfg.history.store != "file" {
+        return Ok(Arc::new(MemoryHistory::new()));
+    }
+    let sync = if cfg.history.sync == "batch" {
+        SyncMode::Batch {
+            max_delay: cfg.history.batch_delay.0,
+        }
+    } else {
+        SyncMode::Always
+    };
+    Ok(Arc::new(
+        FileHistory::open(&cfg.history.path, sync).map_err(|e| e.to_string())?,
+    ))
+}
+
+fn options(cfg: &Config) -> Result<RedisOptions, String> {
+    let url = match &cfg.broker.redis_url {
+        urls if urls.is_cluster() => {
+            RedisUrl::Cluster(urls.urls().into_iter().map(String::from).collect())
+        }
+        RedisUrls::One(u) => RedisUrl::Single(u.trim().to_string()),
+        RedisUrls::Seeds(us) => RedisUrl::Single(us.first().cloned().unwrap_or_default()),
+    };
+    let mut o = RedisOptions::new(url, cfg.node_name.clone());
+    o.stall_timeout = cfg.broker.stall_timeout.0;
+    o.presence_ttl = cfg.presence.ttl.0;
+    if !cfg.broker.redis_tls_ca_file.is_empty() {
+        o.tls_root_cert = Some(std::fs::read(&cfg.broker.redis_tls_ca_file).map_err(|e| {
+            format!(
+                "broker.redis_tls_ca_file: cannot read {}: {e}",
+                cfg.broker.redis_tls_ca_file
+            )
+        })?);
+    }
+    Ok(o)
+}
+
+async fn redis(cfg: &Config) -> Result<Backends, String> {
+    let options = options(cfg)?;
+    let shown: Vec<String> = cfg
+        .broker
+        .redis_url
+        .urls()
+        .into_iter()
+        .map(redact_url)
+        .collect();
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            let broker = RedisBroker::connect(options.clone())
+                .await
+                .map_err(|e| e.to_string())?;
+            let presence = RedisPresence::connect(&options)
+                .await
+                .map_err(|e| e.to_string())?;
+            let nodes = RedisNodes::connect(&options)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((broker, presence, nodes))
+        };
+        match attempt.await {
+            Ok((broker, presence, nodes)) => {
+                tracing::info!(redis = ?shown, "connected to redis");
+                return Ok(Backends {
+                    broker: Arc::new(broker),
+                    presence: Arc::new(presence),
+                    nodes: Some(Arc::new(nodes)),
+                });
+            }
+            Err(e) if started.elapsed() + backoff < CONNECT_PATIENCE => {
+                tracing::warn!(redis = ?shown, error = %e, retry_in = ?backoff, "redis unreachable; retrying");
+                tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(..100))).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "broker.redis_url: cannot reach redis at {} for {}s: {e}",
+                    shown.join(", "),
+                    CONNECT_PATIENCE.as_secs()
+                ));
+            }
+        }
+    }
+}
+
+/// Announces the node every ttl/3 until it is dropped.
+async fn announce(nodes: Arc<RedisNodes>, node: Weak<Node>) {
+    let mut tick = tokio::time::interval(nodes.announce_every().max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(node) = node.upgrade() else { return };
+        let info = summary(&node);
+        drop(node);
+        if let Err(e) = nodes.announce(&info).await {
+            tracing::warn!(error = %e, "node announcement failed; next in ttl/3");
+        }
+    }
+}
