@@ -240,6 +240,12 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
             }
         }
     }
+    // Subscribers may have every publication before its publisher has the
+    // answer (with Redis the fan-out runs ahead of the API's reply): let the
+    // workers read the answers of what they sent, briefly, before stopping
+    // them, or those publications would count as never accepted.
+    let answers = (Instant::now() + Duration::from_secs(2)).min(ctx.deadline);
+    wait_until(answers, || shared.sent.load(Ordering::Acquire) >= m).await;
     // Stopped early (deadline, stall): no more publishing, and a short grace for
     // what was already accepted, so that "late" is not counted as "lost".
     publisher.stop_publishing();
