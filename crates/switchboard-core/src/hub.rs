@@ -109,6 +109,10 @@ impl Sink for Fanout<'_> {
         self.promoted.push(client);
     }
 
+    fn lost(&mut self) {
+        self.out.lost += 1;
+    }
+
     fn overflowed(&mut self, client: Arc<ClientHandle>) {
         if client.outbox.close(crate::disconnect::Disconnect::SLOW) {
             self.out.overflowed.push(client);
@@ -132,6 +136,8 @@ pub struct BroadcastOutcome {
     pub overflowed: Vec<Arc<ClientHandle>>,
     /// Frames discarded with the overflowed queues.
     pub dropped: usize,
+    /// `lost` pushes sent (once per stream, however many subscribers).
+    pub lost: usize,
 }
 
 impl BroadcastOutcome {

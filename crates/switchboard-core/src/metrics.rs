@@ -33,6 +33,8 @@ pub struct Metrics {
     pub publications_recovered: Counter,
     /// History reads that filled a hole in a channel's stream on this node.
     pub gap_fills: Counter,
+    /// `lost` pushes: holes history no longer covered (PROTOCOL §9).
+    pub lost: Counter,
     pub fanout_seconds: Histogram,
     pub slow_clients: Counter,
     pub dropped_deliveries: Counter,
@@ -72,6 +74,7 @@ impl Default for Metrics {
             publications_stored: Counter::default(),
             publications_recovered: Counter::default(),
             gap_fills: Counter::default(),
+            lost: Counter::default(),
             // 10 µs .. ~5 s
             fanout_seconds: Histogram::new(exponential_buckets(0.00001, 2.5, 15)),
             slow_clients: Counter::default(),
@@ -132,6 +135,11 @@ impl Metrics {
             "gap_fills",
             "History reads that filled a hole in a channel's delivery on this node",
             self.gap_fills.clone(),
+        );
+        r.register(
+            "lost",
+            "lost pushes: holes in a channel's delivery that history no longer covered",
+            self.lost.clone(),
         );
         r.register(
             "fanout_seconds",

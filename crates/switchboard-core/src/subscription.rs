@@ -34,6 +34,8 @@ pub(crate) struct Item {
     pub epoch: Arc<str>,
     pub offset: u64,
     pub frame: Bytes,
+    /// A `lost` push (counted in the metrics).
+    pub lost: bool,
 }
 
 impl Item {
@@ -42,6 +44,7 @@ impl Item {
             epoch: p.epoch.clone(),
             offset: p.offset,
             frame: p.frame().clone(),
+            lost: false,
         }
     }
 
@@ -50,6 +53,7 @@ impl Item {
             epoch: epoch.clone(),
             offset,
             frame: frame::lost(channel, epoch, offset),
+            lost: true,
         }
     }
 }
@@ -87,6 +91,8 @@ pub(crate) trait Sink {
     fn promote(&mut self, client: Arc<ClientHandle>);
     /// A joiner's buffer outgrew its outbox bound: close it as slow.
     fn overflowed(&mut self, client: Arc<ClientHandle>);
+    /// A `lost` push went out (to the live subscribers, or one joiner).
+    fn lost(&mut self) {}
 }
 
 /// Whether the stream has a hole the node must fill from history.
@@ -362,6 +368,7 @@ impl Stream {
                 sink.one(client, frame);
             }
             sink.one(client, &frame::lost(channel, &current, last));
+            sink.lost();
             return Joined::Live;
         }
         let items = match &mut self.joiners[i].state {
@@ -404,6 +411,9 @@ impl Stream {
             position => *position = Some((item.epoch.clone(), item.offset)),
         }
         sink.live(&item.frame);
+        if item.lost {
+            sink.lost();
+        }
         let mut i = 0;
         while i < self.joiners.len() {
             let joiner = &mut self.joiners[i];

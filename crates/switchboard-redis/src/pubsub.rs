@@ -189,6 +189,7 @@ impl Lane {
             link,
             conn,
             names: HashMap::new(),
+            confirmations: HashMap::new(),
         };
         Ok(Lane {
             ops,
@@ -227,6 +228,10 @@ struct Worker {
     conn: Conn,
     /// What this lane is subscribed to (and resubscribes after a loss).
     names: HashMap<String, Kind>,
+    /// Unsubscribe confirmations still to come for our own unsubscribes: a
+    /// name unsubscribed and at once subscribed again (subscribers leaving
+    /// and joining) must not read its late confirmation as Redis dropping it.
+    confirmations: HashMap<String, u32>,
 }
 
 impl Worker {
@@ -237,9 +242,18 @@ impl Worker {
                 _ = self.link.lost.notified() => self.recover(&mut rx).await,
                 _ = self.link.unsubscribed.notify.notified() => {
                     let names = std::mem::take(&mut *self.link.unsubscribed.names.lock());
-                    let ours = names.iter().any(|n| {
-                        std::str::from_utf8(n).is_ok_and(|n| self.names.contains_key(n))
-                    });
+                    let mut ours = false;
+                    for n in names.iter().filter_map(|n| std::str::from_utf8(n).ok()) {
+                        match self.confirmations.get_mut(n) {
+                            Some(left) => {
+                                *left -= 1;
+                                if *left == 0 {
+                                    self.confirmations.remove(n);
+                                }
+                            }
+                            None => ours |= self.names.contains_key(n),
+                        }
+                    }
                     if ours {
                         tracing::warn!("redis dropped subscriptions (slot moved?); resubscribing");
                         self.link.shared.health.lane_down(self.link.lane, true);
@@ -276,16 +290,31 @@ impl Worker {
             names.sort();
             names.dedup();
             let result = if subscribe {
+                // Kept even when this fails: a caller that gives up
+                // unsubscribes (the node does for a client's subscribe), and
+                // one that cannot (a personal channel taken at connect) is
+                // subscribed when the lane recovers, instead of never.
                 let r = self.conn.subscribe(&names).await;
-                if r.is_ok() {
-                    self.names.extend(names);
-                }
+                self.names.extend(names);
                 r
             } else {
                 for (name, _) in &names {
                     self.names.remove(name);
+                    *self.confirmations.entry(name.clone()).or_default() += 1;
                 }
-                self.conn.unsubscribe(&names).await
+                let r = self.conn.unsubscribe(&names).await;
+                if r.is_err() {
+                    // No confirmation will come for these.
+                    for (name, _) in &names {
+                        if let Some(left) = self.confirmations.get_mut(name) {
+                            *left -= 1;
+                            if *left == 0 {
+                                self.confirmations.remove(name);
+                            }
+                        }
+                    }
+                }
+                r
             };
             let result = result.map_err(|e| e.to_string());
             for op in batch {
@@ -300,6 +329,8 @@ impl Worker {
     /// Requests that come meanwhile are answered at once: subscribing
     /// fails (Redis cannot confirm it), unsubscribing just forgets the name.
     async fn recover(&mut self, rx: &mut mpsc::Receiver<Op>) {
+        // The old connection's confirmations will not come.
+        self.confirmations.clear();
         let mut delay = BACKOFF_MIN;
         loop {
             let wait = delay + delay.mul_f64(fastrand::f64());
@@ -311,6 +342,8 @@ impl Worker {
                     op = rx.recv() => {
                         let Some(op) = op else { return };
                         if op.subscribe {
+                            // Taken when the lane recovers (see `apply`).
+                            self.names.insert(op.name, op.kind);
                             let _ = op.reply.send(Err("redis connection lost; reconnecting".into()));
                         } else {
                             self.names.remove(&op.name);

@@ -2,6 +2,12 @@
 //! `[history]`: the memory broker (one node) or Redis (many nodes, PROTOCOL
 //! §9). The only file of the server that names Redis: everything else sees
 //! core's `Broker` and `PresenceStore` roles and [`Cluster`].
+//!
+//! A Redis that cannot be reached at start does not stop the start: the
+//! node serves with `/ready` 503 (`"broker": {"ok": false}`), publishes
+//! refused 503, while a task retries with backoff and jitter (`pending`).
+
+mod pending;
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -13,22 +19,21 @@ use switchboard_core::{
 use switchboard_redis::{NodeInfo, RedisBroker, RedisNodes, RedisOptions, RedisPresence, RedisUrl};
 
 use crate::config::{BrokerKind, Config, RedisUrls, redact_url};
-
-/// How long a start waits for an unreachable Redis, retrying with backoff,
-/// before it gives up with a message (a supervisor restarts it).
-const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+use pending::Pending;
 
 /// The roles a node is built with, and what the cluster needs beside them.
 pub struct Backends {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
-    nodes: Option<Arc<RedisNodes>>,
+    nodes: Option<Arc<Pending>>,
+    /// Redis to reach in the background (it was not reachable at start).
+    connect_later: Option<RedisOptions>,
 }
 
 /// The nodes of the gateway, for `/api/info`: this one alone with the
 /// memory broker, or every node that announced itself within the ttl.
 pub struct Cluster {
-    nodes: Option<Arc<RedisNodes>>,
+    nodes: Option<Arc<Pending>>,
     announcer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -60,30 +65,36 @@ fn summary(node: &Node) -> NodeInfo {
 
 impl Cluster {
     /// Every live node, sorted by name; `None` with the memory broker (the
-    /// caller lists itself).
-    pub async fn nodes(&self) -> Option<Result<Vec<NodeSummary>, String>> {
+    /// caller lists itself). Other nodes' figures are as of their last
+    /// announcement (at most ttl/3 old); `me`'s are now.
+    pub async fn nodes(&self, me: &Node) -> Option<Result<Vec<NodeSummary>, String>> {
         let nodes = self.nodes.as_ref()?;
-        Some(
-            nodes
-                .nodes()
-                .await
-                .map(|all| {
-                    all.into_iter()
-                        .map(|n| NodeSummary {
-                            name: n.name,
-                            version: n.version,
-                            connections: n.connections,
-                            subscriptions: n.subscriptions,
-                        })
-                        .collect()
-                })
-                .map_err(|e| e.to_string()),
-        )
+        let Some(nodes) = nodes.nodes() else {
+            return Some(Err("redis not reached yet".into()));
+        };
+        let all = match nodes.nodes().await {
+            Ok(all) => all,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let now = summary(me);
+        let mut all: Vec<NodeInfo> = all.into_iter().filter(|n| n.name != now.name).collect();
+        // This node is live (it answers), announced yet or not.
+        all.push(now);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(Ok(all
+            .into_iter()
+            .map(|n| NodeSummary {
+                name: n.name,
+                version: n.version,
+                connections: n.connections,
+                subscriptions: n.subscriptions,
+            })
+            .collect()))
     }
 
     /// A clean shutdown: this node leaves the list at once.
     pub async fn leave(&self, name: &str) {
-        if let Some(nodes) = &self.nodes
+        if let Some(nodes) = self.nodes.as_ref().and_then(|n| n.nodes())
             && let Err(e) = nodes.leave(name).await
         {
             tracing::warn!(error = %e, "could not withdraw this node's announcement");
@@ -98,14 +109,21 @@ impl Backends {
                 broker: Arc::new(MemoryBroker::new(history(cfg)?)),
                 presence: Arc::new(MemoryPresence::default()),
                 nodes: None,
+                connect_later: None,
             }),
             BrokerKind::Redis => redis(cfg).await,
         }
     }
 
     /// Starts announcing `node` (every ttl/3) when other nodes share the
-    /// broker.
+    /// broker, once Redis is reached.
     pub fn cluster(&self, node: &Arc<Node>) -> Cluster {
+        if let (Some(pending), Some(options)) = (&self.nodes, &self.connect_later) {
+            tokio::spawn(pending::connect_in_background(
+                pending.clone(),
+                options.clone(),
+            ));
+        }
         let announcer = self
             .nodes
             .as_ref()
@@ -155,6 +173,22 @@ fn options(cfg: &Config) -> Result<RedisOptions, String> {
     Ok(o)
 }
 
+/// Connects the broker, presence and node announcements to Redis.
+async fn connect(
+    options: &RedisOptions,
+) -> Result<(RedisBroker, RedisPresence, RedisNodes), String> {
+    let broker = RedisBroker::connect(options.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let presence = RedisPresence::connect(options)
+        .await
+        .map_err(|e| e.to_string())?;
+    let nodes = RedisNodes::connect(options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((broker, presence, nodes))
+}
+
 async fn redis(cfg: &Config) -> Result<Backends, String> {
     let options = options(cfg)?;
     let shown: Vec<String> = cfg
@@ -164,55 +198,42 @@ async fn redis(cfg: &Config) -> Result<Backends, String> {
         .into_iter()
         .map(redact_url)
         .collect();
-    let started = tokio::time::Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let attempt = async {
-            let broker = RedisBroker::connect(options.clone())
-                .await
-                .map_err(|e| e.to_string())?;
-            let presence = RedisPresence::connect(&options)
-                .await
-                .map_err(|e| e.to_string())?;
-            let nodes = RedisNodes::connect(&options)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((broker, presence, nodes))
-        };
-        match attempt.await {
-            Ok((broker, presence, nodes)) => {
-                tracing::info!(redis = ?shown, "connected to redis");
-                return Ok(Backends {
-                    broker: Arc::new(broker),
-                    presence: Arc::new(presence),
-                    nodes: Some(Arc::new(nodes)),
-                });
-            }
-            Err(e) if started.elapsed() + backoff < CONNECT_PATIENCE => {
-                tracing::warn!(redis = ?shown, error = %e, retry_in = ?backoff, "redis unreachable; retrying");
-                tokio::time::sleep(backoff + Duration::from_millis(fastrand::u64(..100))).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            Err(e) => {
-                return Err(format!(
-                    "broker.redis_url: cannot reach redis at {} for {}s: {e}",
-                    shown.join(", "),
-                    CONNECT_PATIENCE.as_secs()
-                ));
-            }
+    let pending = Arc::new(Pending::new(options.presence_ttl));
+    let connect_later = match connect(&options).await {
+        Ok(connected) => {
+            tracing::info!(redis = ?shown, "connected to redis");
+            pending.connected(connected);
+            None
         }
-    }
+        Err(e) => {
+            tracing::warn!(
+                redis = ?shown, error = %e,
+                "redis unreachable: serving with /ready 503 while retrying"
+            );
+            Some(options)
+        }
+    };
+    Ok(Backends {
+        broker: Arc::new(pending::LazyBroker(pending.clone())),
+        presence: Arc::new(pending::LazyPresence(pending.clone())),
+        nodes: Some(pending),
+        connect_later,
+    })
 }
 
-/// Announces the node every ttl/3 until it is dropped.
-async fn announce(nodes: Arc<RedisNodes>, node: Weak<Node>) {
-    let mut tick = tokio::time::interval(nodes.announce_every().max(Duration::from_millis(100)));
+/// Announces the node every ttl/3 until it is dropped (each tick a no-op
+/// until Redis is reached).
+async fn announce(pending: Arc<Pending>, node: Weak<Node>) {
+    let mut tick = tokio::time::interval(pending.announce_every().max(Duration::from_millis(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let Some(node) = node.upgrade() else { return };
         let info = summary(&node);
         drop(node);
+        let Some(nodes) = pending.nodes() else {
+            continue;
+        };
         if let Err(e) = nodes.announce(&info).await {
             tracing::warn!(error = %e, "node announcement failed; next in ttl/3");
         }

@@ -47,6 +47,9 @@ impl Node {
     /// `publication`: when the fan-out of a publication began.
     pub(super) fn account(&self, out: BroadcastOutcome, publication: Option<std::time::Instant>) {
         self.metrics.messages_out.inc_by(out.delivered as u64);
+        if out.lost > 0 {
+            self.metrics.lost.inc_by(out.lost as u64);
+        }
         if let Some(start) = publication {
             self.metrics.publications.inc();
             self.metrics.deliveries.inc_by(out.delivered as u64);

@@ -622,6 +622,7 @@ pub async fn a_hole_past_retention_is_reported_lost(broker: Arc<dyn Broker>) {
     let lost = log.0.iter().find(|f| f["type"] == "lost").expect("lost");
     let first = log.0.iter().find(|f| f["type"] == "pub").expect("pub");
     assert_eq!(lost["epoch"], first["epoch"]);
+    assert_eq!(rig.node.metrics.lost.get(), 1, "counted once");
 }
 
 /// After a resync, a stream reads what followed its position, even when no

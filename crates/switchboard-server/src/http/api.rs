@@ -288,7 +288,7 @@ pub async fn disconnect(State(st): State<SharedState>, req: Request) -> Response
 
 pub async fn info(State(st): State<SharedState>) -> Response {
     let node = &st.node;
-    match st.cluster.nodes().await {
+    match st.cluster.nodes(node).await {
         None => {}
         Some(Ok(nodes)) => {
             return json_response(

@@ -97,6 +97,9 @@ pub async fn ready(State(st): State<SharedState>) -> Response {
 
 pub async fn metrics(State(st): State<SharedState>) -> Response {
     st.node.metrics.open_fds.set(fds::open_fds() as i64);
+    st.broker_metrics
+        .ok
+        .set(i64::from(st.node.broker_health().ok));
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &st.registry).is_err() {
         return error(
