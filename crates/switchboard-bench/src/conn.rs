@@ -26,13 +26,27 @@ pub enum Protocol {
 /// Where and how to connect.
 #[derive(Debug, Clone)]
 pub struct Target {
+    /// Where publications go, and the first node clients connect to.
     pub addr: SocketAddr,
+    /// More nodes of the same gateway (one broker): clients are spread over
+    /// `addr` and these, in turn by index, as a load balancer would.
+    pub nodes: Vec<SocketAddr>,
     pub protocol: Protocol,
     pub secret: Option<String>,
     pub api_key: Option<String>,
     /// Source addresses to spread client sockets over (127.0.0.2 ..); 0 = let the kernel pick.
     pub source_addrs: u8,
     pub handshake_timeout: Duration,
+}
+
+impl Target {
+    /// The node client `index` connects to.
+    pub fn node(&self, index: usize) -> SocketAddr {
+        match index % (1 + self.nodes.len()) {
+            0 => self.addr,
+            i => self.nodes[i - 1],
+        }
+    }
 }
 
 /// The source address of client `index`: 127.0.0.(2 + index % spread), so that no
@@ -53,18 +67,19 @@ pub fn source_addr(server: SocketAddr, index: usize, spread: u8) -> Option<Socke
 
 /// A TCP connection with TCP_NODELAY, bound to client `index`'s source address.
 pub async fn tcp_connect(target: &Target, index: usize) -> Result<TcpStream> {
-    let socket = if target.addr.is_ipv4() {
+    let addr = target.node(index);
+    let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_nodelay(true)?;
-    if let Some(source) = source_addr(target.addr, index, target.source_addrs) {
+    if let Some(source) = source_addr(addr, index, target.source_addrs) {
         socket
             .bind(source)
             .with_context(|| format!("binding {source}"))?;
     }
-    Ok(socket.connect(target.addr).await?)
+    Ok(socket.connect(addr).await?)
 }
 
 /// HS256 connection token for user `sub`, valid for an hour.
@@ -90,17 +105,18 @@ pub fn mint_token(secret: &str, sub: &str) -> Result<String> {
     )?)
 }
 
-/// The URI a client connects to: Switchboard's `/ws?token=` or a peer's `/ws/{id}`.
-pub fn ws_uri(target: &Target, id: &str) -> Result<String> {
+/// The URI client `index` connects to: Switchboard's `/ws?token=` or a peer's `/ws/{id}`.
+pub fn ws_uri(target: &Target, index: usize, id: &str) -> Result<String> {
+    let addr = target.node(index);
     Ok(match target.protocol {
         Protocol::Switchboard => {
             let secret = target
                 .secret
                 .as_deref()
                 .ok_or_else(|| anyhow!("--secret is needed for switchboard"))?;
-            format!("ws://{}/ws?token={}", target.addr, mint_token(secret, id)?)
+            format!("ws://{addr}/ws?token={}", mint_token(secret, id)?)
         }
-        Protocol::Peer => format!("ws://{}/ws/{id}", target.addr),
+        Protocol::Peer => format!("ws://{addr}/ws/{id}"),
     })
 }
 
@@ -202,6 +218,29 @@ mod tests {
         assert_eq!(source_addr(server, 5, 0), None);
         let remote: SocketAddr = "[::1]:8000".parse().expect("addr");
         assert_eq!(source_addr(remote, 5, 200), None);
+    }
+
+    #[test]
+    fn clients_spread_over_the_nodes_in_turn() {
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let target = Target {
+            addr: addr("127.0.0.1:1"),
+            nodes: vec![addr("127.0.0.1:2"), addr("127.0.0.1:3")],
+            protocol: Protocol::Switchboard,
+            secret: Some("s".into()),
+            api_key: None,
+            source_addrs: 0,
+            handshake_timeout: std::time::Duration::from_secs(1),
+        };
+        let ports: Vec<u16> = (0..6).map(|i| target.node(i).port()).collect();
+        assert_eq!(ports, [1, 2, 3, 1, 2, 3]);
+        let uri = ws_uri(&target, 4, "u").expect("uri");
+        assert!(uri.starts_with("ws://127.0.0.1:2/ws?token="), "{uri}");
+        let alone = Target {
+            nodes: Vec::new(),
+            ..target
+        };
+        assert!((0..3).all(|i| alone.node(i) == alone.addr));
     }
 
     #[test]

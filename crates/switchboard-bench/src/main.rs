@@ -95,9 +95,17 @@ struct Common {
         hide_env_values = true
     )]
     api_key: Option<String>,
-    /// Pid of the server process, to read its CPU and memory from /proc.
+    /// More nodes of the same gateway (host:port, repeated or comma-separated):
+    /// clients are spread over --server and these; publications go through --server.
+    #[arg(long = "node", global = true, value_delimiter = ',')]
+    nodes: Vec<SocketAddr>,
+    /// Pid of the server process, to read its CPU and memory from /proc; one per
+    /// node with --node (repeated or comma-separated), summed.
+    #[arg(long, global = true, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Pid of the broker (redis-server): its CPU per publication is reported apart.
     #[arg(long, global = true)]
-    server_pid: Option<u32>,
+    broker_pid: Option<u32>,
     /// Seconds after which the run stops, finished or not.
     #[arg(long, global = true, default_value_t = 120.0)]
     timeout: f64,
@@ -154,13 +162,15 @@ async fn async_main(cli: Cli, fd_limit: u64) -> ExitCode {
     let ctx = Ctx {
         target: Target {
             addr: c.server,
+            nodes: c.nodes.clone(),
             protocol: c.protocol,
             secret: c.secret.clone(),
             api_key: c.api_key.clone(),
             source_addrs: c.source_addrs,
             handshake_timeout: Duration::from_secs_f64(c.handshake_timeout.max(0.1)),
         },
-        probe: c.server_pid.map(ServerProbe::new),
+        probes: c.server_pid.iter().copied().map(ServerProbe::new).collect(),
+        broker: c.broker_pid.map(ServerProbe::new),
         deadline: Instant::now() + timeout,
         connect_concurrency: c.connect_concurrency,
     };

@@ -60,6 +60,17 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
+    /// Two processes' readings as one (the nodes of one gateway).
+    pub fn plus(self, other: CpuSample) -> CpuSample {
+        CpuSample {
+            ticks: CpuTicks {
+                utime: self.ticks.utime + other.ticks.utime,
+                stime: self.ticks.stime + other.ticks.stime,
+            },
+            runtime_ns: self.runtime_ns.zip(other.runtime_ns).map(|(a, b)| a + b),
+        }
+    }
+
     /// CPU seconds between `earlier` and `self`: the nanosecond run times unless the
     /// ticks show more than 30 ms beyond them.
     pub fn seconds_since(self, earlier: CpuSample) -> f64 {
@@ -90,6 +101,17 @@ pub struct Memory {
     pub rss_kib: u64,
     pub hwm_kib: u64,
     pub anon_kib: u64,
+}
+
+impl Memory {
+    /// Two processes' memory as one (the nodes of one gateway).
+    pub fn plus(self, other: Memory) -> Memory {
+        Memory {
+            rss_kib: self.rss_kib + other.rss_kib,
+            hwm_kib: self.hwm_kib + other.hwm_kib,
+            anon_kib: self.anon_kib + other.anon_kib,
+        }
+    }
 }
 
 /// The server under test, by pid.
@@ -144,6 +166,30 @@ mod tests {
     const STAT: &str = "4242 (tokio-runtime) w) S 1 4242 4242 0 -1 4194560 1200 0 0 0 \
                         731 229 0 0 20 0 3 0 12345 1000000 2500 18446744073709551615 \
                         1 1 0 0 0 0 0 4096 0 0 0 0 17 0 0 0 0 0 0";
+
+    #[test]
+    fn readings_of_several_processes_add_up() {
+        let a = CpuSample {
+            ticks: CpuTicks { utime: 1, stime: 2 },
+            runtime_ns: Some(10),
+        };
+        let b = CpuSample {
+            ticks: CpuTicks { utime: 3, stime: 4 },
+            runtime_ns: Some(5),
+        };
+        let sum = a.plus(b);
+        assert_eq!(sum.ticks.total(), 10);
+        assert_eq!(sum.runtime_ns, Some(15));
+        let unknown = CpuSample {
+            runtime_ns: None,
+            ..b
+        };
+        assert_eq!(
+            a.plus(unknown).runtime_ns,
+            None,
+            "fine time only when every node has it"
+        );
+    }
 
     #[test]
     fn stat_fields_are_counted_from_the_last_parenthesis() {

@@ -240,6 +240,12 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
             }
         }
     }
+    // Subscribers may have every publication before its publisher has the
+    // answer (with Redis the fan-out runs ahead of the API's reply): let the
+    // workers read the answers of what they sent, briefly, before stopping
+    // them, or those publications would count as never accepted.
+    let answers = (Instant::now() + Duration::from_secs(2)).min(ctx.deadline);
+    wait_until(answers, || shared.sent.load(Ordering::Acquire) >= m).await;
     // Stopped early (deadline, stall): no more publishing, and a short grace for
     // what was already accepted, so that "late" is not counted as "lost".
     publisher.stop_publishing();
@@ -284,6 +290,11 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
     let cpu_s = cpu.server_s;
     let cpu_per_delivery_ns = cpu_s.and_then(|s| ratio(s * 1e9, t.delivered as f64));
     let deliveries_per_s = ratio(t.delivered as f64, active_s);
+    // All publications go through one node (--server).
+    let publications_per_s = ratio(accepted.len() as f64, active_s);
+    let broker_cpu_per_publication_us = cpu
+        .broker_s
+        .and_then(|s| ratio(s * 1e6, accepted.len() as f64));
     let timed_out = ctx.timed_out();
     let ok = warm_ok
         && not_connected == 0
@@ -318,6 +329,10 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
         "subscribers_dropped": dropped,
         "elapsed_s": active_s,
         "deliveries_per_s": deliveries_per_s,
+        "nodes": 1 + ctx.target.nodes.len(),
+        "publications_per_s": publications_per_s,
+        "broker_cpu_s": cpu.broker_s,
+        "broker_cpu_per_publication_us": broker_cpu_per_publication_us,
         "latency": latency,
         "server_cpu_s": cpu_s,
         "generator_cpu_s": cpu.generator_s,
@@ -370,6 +385,13 @@ pub async fn run(ctx: &Ctx, args: &FanoutArgs) -> Result<Report> {
         "server CPU/delivery",
         format!("{} ns", opt(cpu_per_delivery_ns, 1)),
     );
+    report.row("publications/s", opt(publications_per_s, 0));
+    if cpu.broker_s.is_some() {
+        report.row(
+            "broker CPU/publication",
+            format!("{} µs", opt(broker_cpu_per_publication_us, 1)),
+        );
+    }
     if !warm_ok {
         report.row(
             "WARM-UP FAILED",
@@ -494,7 +516,7 @@ impl Publisher {
                 })
             }
             Protocol::Peer => {
-                let uri = crate::conn::ws_uri(&ctx.target, "pub")?;
+                let uri = crate::conn::ws_uri(&ctx.target, index, "pub")?;
                 let ws = crate::conn::open(&ctx.target, index, &uri).await?;
                 let (sink, mut stream) = ws.split();
                 let mut stop = stop.clone();

@@ -33,7 +33,7 @@ pub async fn run(ctx: &Ctx, args: &IdleArgs) -> Result<Report> {
     // One connection first, so what the server allocates once (lazy imports,
     // buffers, JIT) is not charged to the N that follow.
     let warm_id = ctx.client_id("warm", 0);
-    if let Ok(ws) = conn::open(&ctx.target, 0, &conn::ws_uri(&ctx.target, &warm_id)?).await {
+    if let Ok(ws) = conn::open(&ctx.target, 0, &conn::ws_uri(&ctx.target, 0, &warm_id)?).await {
         drop(ws);
     }
     sleep_bounded(Duration::from_millis(300), ctx.deadline).await;

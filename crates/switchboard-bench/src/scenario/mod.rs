@@ -23,7 +23,10 @@ use crate::stats::Latency;
 #[derive(Debug, Clone)]
 pub struct Ctx {
     pub target: Target,
-    pub probe: Option<ServerProbe>,
+    /// The server's processes: one, or every node of a gateway (summed).
+    pub probes: Vec<ServerProbe>,
+    /// The broker's process (redis-server), measured apart from the nodes.
+    pub broker: Option<ServerProbe>,
     /// The run stops by itself at this instant, whatever it is doing.
     pub deadline: Instant,
     /// Handshakes in progress at once.
@@ -31,16 +34,29 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// CPU used so far by the server and by this generator.
+    /// CPU used so far by the server (all its nodes), its broker and this
+    /// generator. `None` for the server when any node could not be read.
     pub fn cpu(&self) -> CpuMark {
+        let server = self
+            .probes
+            .iter()
+            .map(|p| p.cpu().ok())
+            .reduce(|a, b| Some(a?.plus(b?)))
+            .flatten();
         CpuMark {
-            server: self.probe.and_then(|p| p.cpu().ok()),
+            server,
+            broker: self.broker.and_then(|p| p.cpu().ok()),
             generator: ServerProbe::new(std::process::id()).cpu().ok(),
         }
     }
 
+    /// The server's memory, summed over its nodes.
     pub fn memory(&self) -> Option<Memory> {
-        self.probe.and_then(|p| p.memory().ok())
+        self.probes
+            .iter()
+            .map(|p| p.memory().ok())
+            .reduce(|a, b| Some(a?.plus(b?)))
+            .flatten()
     }
 
     pub fn timed_out(&self) -> bool {
@@ -100,7 +116,7 @@ pub async fn connect_client(
     gate: &Semaphore,
     stats: &ConnectStats,
 ) -> Option<Ws> {
-    let uri = match conn::ws_uri(&ctx.target, id) {
+    let uri = match conn::ws_uri(&ctx.target, index, id) {
         Ok(uri) => uri,
         Err(e) => {
             stats.fail(e);
@@ -177,6 +193,7 @@ pub async fn sleep_bounded(d: Duration, deadline: Instant) {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     server: Option<CpuSample>,
+    broker: Option<CpuSample>,
     generator: Option<CpuSample>,
 }
 
@@ -185,6 +202,7 @@ pub struct CpuMark {
 #[derive(Debug, Clone, Copy)]
 pub struct CpuUsed {
     pub server_s: Option<f64>,
+    pub broker_s: Option<f64>,
     pub generator_s: Option<f64>,
 }
 
@@ -192,6 +210,7 @@ pub fn cpu_between(before: CpuMark, after: CpuMark) -> CpuUsed {
     let between = |a: Option<CpuSample>, b: Option<CpuSample>| Some(b?.seconds_since(a?));
     CpuUsed {
         server_s: between(before.server, after.server),
+        broker_s: between(before.broker, after.broker),
         generator_s: between(before.generator, after.generator),
     }
 }

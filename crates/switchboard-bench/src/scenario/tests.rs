@@ -74,13 +74,15 @@ fn ctx(addr: SocketAddr) -> Ctx {
     Ctx {
         target: Target {
             addr,
+            nodes: Vec::new(),
             protocol: Protocol::Peer,
             secret: None,
             api_key: None,
             source_addrs: 200,
             handshake_timeout: Duration::from_secs(5),
         },
-        probe: Some(ServerProbe::new(std::process::id())),
+        probes: vec![ServerProbe::new(std::process::id())],
+        broker: None,
         deadline: Instant::now() + Duration::from_secs(30),
         connect_concurrency: 16,
     }
