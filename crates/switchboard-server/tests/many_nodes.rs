@@ -344,8 +344,21 @@ async fn a_client_that_connected_while_redis_was_down_gets_its_personal_messages
         node.http("GET", "/ready", None).await.status == 200
     })
     .await;
-    node.publish("user:zed", json!({"text": "after the outage"}))
-        .await;
+    // Ready says the pub/sub lanes are back; the command connection may
+    // take its own reconnect a moment later, and a publish meanwhile is
+    // refused 503 (the contract's "retry"), never acknowledged and lost.
+    let body = json!({"channel": "user:zed", "data": {"text": "after the outage"}}).to_string();
+    eventually(Duration::from_secs(10), "a publish accepted", || async {
+        let r = node.http("POST", "/api/publish", Some(&body)).await;
+        assert!(
+            r.status == 200 || r.status == 503,
+            "publish answered {}: {}",
+            r.status,
+            r.body
+        );
+        r.status == 200
+    })
+    .await;
     let p = zed.recv_type("pub").await;
     assert_eq!(p["data"]["text"], "after the outage");
 }
