@@ -178,7 +178,11 @@ impl Drop for Lane {
 /// Requests one lane takes at once (one SUBSCRIBE of up to this many names).
 const BATCH: usize = 512;
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Kept short: while a lane waits, the other nodes may go on publishing,
+/// and what this node's subscribers missed must still be in history when
+/// the lane is back (a retry against a Redis that is away costs one
+/// connection attempt). With jitter a lane retries within a second.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 impl Lane {
     /// Opens the lane's connection and starts its task.
