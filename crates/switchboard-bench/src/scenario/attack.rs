@@ -69,10 +69,9 @@ pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
 /// A WebSocket upgrade done by hand: the socket after the `101` head (what
 /// follows, the welcome, is left unread).
 pub async fn raw_upgrade(ctx: &Ctx, index: usize, user: &str) -> Result<TcpStream> {
-    let uri = conn::ws_uri(&ctx.target, user)?;
-    let path = uri
-        .split_once(&ctx.target.addr.to_string())
-        .map_or("/ws", |(_, p)| p);
+    let uri = conn::ws_uri(&ctx.target, index, user)?;
+    let node = ctx.target.node(index);
+    let path = uri.split_once(&node.to_string()).map_or("/ws", |(_, p)| p);
     let mut s = tokio::time::timeout(
         ctx.target.handshake_timeout,
         conn::tcp_connect(&ctx.target, index),
@@ -81,7 +80,7 @@ pub async fn raw_upgrade(ctx: &Ctx, index: usize, user: &str) -> Result<TcpStrea
     let head = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        ctx.target.addr
+        node
     );
     s.write_all(head.as_bytes()).await?;
     let mut got = Vec::with_capacity(256);
