@@ -107,25 +107,10 @@ impl RedisPresence {
         entry: PresenceEntry,
         frame: &[u8],
     ) -> Result<(), PresenceError> {
-        let json = serde_json::to_string(&entry).map_err(store_error)?;
-        self.inner
-            .local
-            .lock()
-            .channels
-            .entry(channel.clone())
-            .or_default()
-            .insert(entry.client.clone(), json.clone());
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
-        let mut call = inner
-            .scripts
-            .presence_join
-            .key(keys::presence_entries(channel));
-        call.key(keys::presence_expiries(channel))
-            .arg(millis(inner.ttl))
-            .arg(&entry.client)
-            .arg(json)
-            .arg(keys::pubsub(channel))
+        let mut call = inner.entry_call(&inner.scripts.presence_join, channel, &entry)?;
+        call.arg(keys::pubsub(channel))
             .arg(conn.publish_command(Kind::Sharded))
             .arg(envelope::push(frame));
         let _: i64 = inner
@@ -303,6 +288,29 @@ fn forget(local: &mut Local, channel: &ChannelName, client: &str) {
 }
 
 impl Inner {
+    /// Remembers `entry` for the refresh and starts the script call that
+    /// stores it: the keys and arguments `add` and `join` share.
+    fn entry_call<'a>(
+        &self,
+        script: &'a redis::Script,
+        channel: &ChannelName,
+        entry: &PresenceEntry,
+    ) -> Result<redis::ScriptInvocation<'a>, PresenceError> {
+        let json = serde_json::to_string(entry).map_err(store_error)?;
+        self.local
+            .lock()
+            .channels
+            .entry(channel.clone())
+            .or_default()
+            .insert(entry.client.clone(), json.clone());
+        let mut call = script.key(keys::presence_entries(channel));
+        call.key(keys::presence_expiries(channel))
+            .arg(millis(self.ttl))
+            .arg(&entry.client)
+            .arg(json);
+        Ok(call)
+    }
+
     async fn timed<T>(&self, call: impl Future<Output = T>) -> Result<T, PresenceError> {
         tokio::time::timeout(self.timeout, call)
             .await
@@ -371,24 +379,9 @@ async fn refresh_every(inner: Weak<Inner>, every: Duration) {
 #[async_trait]
 impl PresenceStore for RedisPresence {
     async fn add(&self, channel: &ChannelName, entry: PresenceEntry) -> Result<(), PresenceError> {
-        let json = serde_json::to_string(&entry).map_err(store_error)?;
-        self.inner
-            .local
-            .lock()
-            .channels
-            .entry(channel.clone())
-            .or_default()
-            .insert(entry.client.clone(), json.clone());
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
-        let mut call = inner
-            .scripts
-            .presence_add
-            .key(keys::presence_entries(channel));
-        call.key(keys::presence_expiries(channel))
-            .arg(millis(inner.ttl))
-            .arg(&entry.client)
-            .arg(json);
+        let call = inner.entry_call(&inner.scripts.presence_add, channel, &entry)?;
         let _: i64 = inner
             .timed(call.invoke_async(&mut conn))
             .await?

@@ -6,14 +6,15 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::proc::KillOnDrop;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
-fn start(config: &std::path::Path) -> (Child, SocketAddr) {
+fn start(config: &std::path::Path) -> (KillOnDrop, SocketAddr) {
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
         .arg(config)
@@ -33,7 +34,7 @@ fn start(config: &std::path::Path) -> (Child, SocketAddr) {
             break a.parse().expect("addr");
         }
     };
-    (child, addr)
+    (KillOnDrop(child), addr)
 }
 
 async fn publish(addr: SocketAddr, seq: u64) -> Option<(u64, String)> {

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::proc::KillOnDrop;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
@@ -16,7 +17,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 fn spawn(
     envs: &[(&str, &str)],
     args: &[&str],
-) -> (Child, SocketAddr, std::thread::JoinHandle<String>) {
+) -> (KillOnDrop, SocketAddr, std::thread::JoinHandle<String>) {
     let mut cmd = Command::new(BIN);
     cmd.arg("serve")
         .args(args)
@@ -46,7 +47,7 @@ fn spawn(
         }
         s
     });
-    (child, addr, logs)
+    (KillOnDrop(child), addr, logs)
 }
 
 fn wait_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
