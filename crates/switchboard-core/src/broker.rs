@@ -127,7 +127,7 @@ fn position(publication: &Publication) -> StreamPosition {
     }
 }
 
-fn blocking<T>(step: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(step: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::try_current() {
         Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(step)

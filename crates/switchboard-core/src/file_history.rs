@@ -26,6 +26,9 @@
 //! - `channels`: channel → (epoch, latest offset).
 //! - `publications`: (channel, offset) → (unix ms when stored, from, data).
 //! - `meta`: file format, and whether a batch-mode writer has it open.
+//! - `cursors`: (channel, device) → (epoch, offset, expiry, last advance):
+//!   inbox cursors (`file_history/cursors.rs`), each advance its own fsync'd
+//!   commit.
 //!
 //! Channels whose retention keeps nothing and that were never stored stay in
 //! memory only: nothing of them would survive a restart anyway, so they cost
@@ -87,6 +90,9 @@ type PubKey = (&'static str, u64);
 type PubValue = (u64, Option<&'static str>, &'static [u8]);
 const PUBLICATIONS: TableDefinition<PubKey, PubValue> = TableDefinition::new("publications");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// (channel, device) → (epoch, offset, expires at unix ms, advanced at unix ms).
+const CURSORS: TableDefinition<(&str, &str), (&str, u64, u64, u64)> =
+    TableDefinition::new("cursors");
 
 const FORMAT_KEY: &str = "format";
 const FORMAT: u64 = 1;
@@ -165,6 +171,8 @@ struct Inner {
     sweep_after: Mutex<Option<String>>,
     /// The shard of in-memory slots the next sweep pass starts at.
     sweep_next: Mutex<usize>,
+    /// The last cursor row the previous cursor sweep looked at.
+    cursor_sweep_after: Mutex<Option<(String, String)>>,
 }
 
 /// History kept in a file; see the module docs for what is durable when.
@@ -189,6 +197,7 @@ macro_rules! tryx {
 }
 
 // After `tryx!`, which they use.
+mod cursors;
 mod group_commit;
 mod sweep;
 use group_commit::Group;
@@ -255,6 +264,7 @@ impl FileHistory {
                 counts: ChannelCounts::default(),
                 sweep_after: Mutex::new(None),
                 sweep_next: Mutex::new(0),
+                cursor_sweep_after: Mutex::new(None),
             };
             inner.prepare().map_err(|e| refuse(&e))?;
             Ok(inner)
@@ -368,6 +378,7 @@ impl Inner {
             {
                 tryx!(tx.open_table(CHANNELS), "creating tables");
                 tryx!(tx.open_table(PUBLICATIONS), "creating tables");
+                tryx!(tx.open_table(CURSORS), "creating tables");
                 let mut meta = tryx!(tx.open_table(META), "creating tables");
                 tryx!(meta.insert(FORMAT_KEY, FORMAT), "creating tables");
                 tryx!(meta.insert(BATCH_OPEN_KEY, 0), "creating tables");
@@ -411,6 +422,8 @@ impl Inner {
                 None
             }
         };
+        // Files from before inbox cursors get the table now.
+        tryx!(tx.open_table(CURSORS), "creating the cursors table");
         tryx!(tx.commit(), "writing meta");
         self.count_channels()?;
         if let Some(n) = renewed {

@@ -11,12 +11,15 @@
 //!   publications, joining subscribers): ordering, duplicates, gap filling
 //!   and `lost`, once for every broker.
 //! - [`history`]: the [`HistoryStore`] role and [`MemoryHistory`].
+//! - [`cursor`]: the [`CursorStore`] role (per-device inbox acks) and
+//!   [`MemoryCursors`].
 //! - [`presence`]: the [`PresenceStore`] role and [`MemoryPresence`].
 //! - [`metrics`]: every metric the node exports.
 //! - [`disconnect`]: why a client is closed, as a value.
 
 pub mod broker;
 pub mod client;
+pub mod cursor;
 pub mod disconnect;
 pub mod history;
 pub mod hub;
@@ -28,6 +31,10 @@ mod subscription;
 
 pub use broker::{Broker, BrokerError, BrokerEvents, BrokerHealth, ControlMessage, MemoryBroker};
 pub use client::{ClientClaims, ClientHandle, ClientId, ClientInit, Out, Outbox, PushError};
+pub use cursor::{
+    Cursor, CursorError, CursorLimits, CursorStore, DEFAULT_MAX_DEVICES, DeviceCursor,
+    MemoryCursors,
+};
 pub use disconnect::Disconnect;
 pub use history::{
     HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention, Sweep, Swept,

@@ -8,8 +8,11 @@
 //!   of fresh brokers; see [`broker`]).
 //! - [`PresenceStore`](crate::PresenceStore): [`presence_conformance`] (see
 //!   [`presence`]).
+//! - [`CursorStore`](crate::CursorStore): [`cursor_conformance`] (see
+//!   [`cursor`]).
 
 mod broker_suite;
+mod cursor_suite;
 mod presence_suite;
 
 /// The [`Broker`](crate::Broker) suite, driven through a [`Node`](crate::Node).
@@ -21,6 +24,11 @@ pub mod presence {
     pub use super::presence_suite::*;
 }
 pub use broker_suite::broker_conformance;
+pub use cursor_suite::cursor_conformance;
+/// The [`CursorStore`](crate::CursorStore) suite.
+pub mod cursor {
+    pub use super::cursor_suite::*;
+}
 pub use presence_suite::presence_conformance;
 
 use std::sync::Arc;
@@ -279,6 +287,7 @@ pub fn stored_publications_are_what_was_published(store: &dyn HistoryStore) {
 mod tests {
     use super::*;
     use crate::broker::{Broker, MemoryBroker};
+    use crate::cursor::{CursorStore, MemoryCursors};
     use crate::file_history::{FileHistory, SyncMode};
     use crate::history::MemoryHistory;
     use crate::presence::{MemoryPresence, PresenceStore};
@@ -301,6 +310,27 @@ mod tests {
             async move {
                 let history = FileHistory::open(path, SyncMode::Always).expect("open");
                 Arc::new(MemoryBroker::new(Arc::new(history))) as Arc<dyn Broker>
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_cursors_conform() {
+        cursor_conformance(|| async { Arc::new(MemoryCursors::default()) as Arc<dyn CursorStore> })
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn file_cursors_conform() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let n = std::sync::atomic::AtomicU32::new(0);
+        cursor_conformance(|| {
+            let i = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("c{i}.db"));
+            async move {
+                Arc::new(FileHistory::open(path, SyncMode::Always).expect("open"))
+                    as Arc<dyn CursorStore>
             }
         })
         .await;
