@@ -13,6 +13,22 @@ export interface Publication<T = unknown> {
   data: T;
   /** Present for publications made by a client. */
   from?: string;
+  /** On publications of this device's inbox: acknowledges up to this one (PROTOCOL §10). */
+  ack?: () => Promise<AckResult>;
+}
+
+export interface AckResult {
+  /** Where the device's cursor stands now (it only moves forward). */
+  acked: number;
+}
+
+/** The welcome's `inbox` object, kept current by the client as publications and acks go. */
+export interface InboxState {
+  channel: string;
+  offset: number;
+  epoch: string;
+  acked: number;
+  unread: number;
 }
 
 export interface SubscribeResult {
@@ -53,6 +69,8 @@ export interface WelcomeFrame {
   node: string;
   /** Seconds; fractions allowed. */
   ping_interval: number;
+  /** For a connection with a `device`, when the `user` namespace is an inbox. */
+  inbox?: InboxState;
 }
 
 export interface JoinFrame {
@@ -123,6 +141,13 @@ export interface SwitchboardOptions {
   maxReconnectDelay?: number;
   /** Ping when the connection has been quiet for `ping_interval`; reconnect without a pong. Default true. */
   heartbeat?: boolean;
+  /**
+   * This device's stable id (`[A-Za-z0-9_-]{1,64}`) for the inbox's per-device acks. Browsers:
+   * defaults to one kept in localStorage (`switchboard.device`). Node: pass one. `null`: none.
+   */
+  device?: string | null;
+  /** Ack each inbox publication once its handler returned (or its promise resolved). Default true. */
+  autoAck?: boolean;
 }
 
 export interface SwitchboardEvents {
@@ -136,6 +161,8 @@ export interface SwitchboardEvents {
   error: (err: Error) => void;
   /** A subscribe (or a resubscribe after a reconnect) succeeded. */
   subscribed: (ev: SubscribeResult & { channel: string }) => void;
+  /** The inbox's unread count changed. */
+  unread: (unread: number) => void;
 }
 
 export class Switchboard {
@@ -147,6 +174,12 @@ export class Switchboard {
   client: string | null;
   user: string | null;
   node: string | null;
+  /** This connection's device id, if any. */
+  readonly device: string | null;
+  /** The inbox of this device, from the welcome, kept current. */
+  inbox: InboxState | null;
+  /** Inbox publications this device has not acknowledged (0 without an inbox). */
+  readonly unread: number;
 
   /** Opens the connection and keeps it open, reconnecting with back-off, until `disconnect()`. */
   connect(): void;
@@ -162,7 +195,7 @@ export class Switchboard {
    */
   subscribe<T = unknown>(
     channel: string,
-    onPublication?: (pub: Publication<T>) => void,
+    onPublication?: (pub: Publication<T>) => void | Promise<void>,
     options?: { since?: StreamPosition },
   ): Promise<SubscribeResult>;
   unsubscribe(channel: string): Promise<void>;
@@ -170,6 +203,8 @@ export class Switchboard {
   presence(channel: string): Promise<PresenceResult>;
   history(channel: string, options?: { since?: StreamPosition; limit?: number }): Promise<HistoryResult>;
   refresh(token: string): Promise<unknown>;
+  /** This device has handled its inbox `channel` up to `offset`. */
+  ack(channel: string, offset: number): Promise<AckResult>;
   /** Resolves with the round-trip time in milliseconds. */
   ping(): Promise<number>;
   /** The last position seen in a subscribed channel. */

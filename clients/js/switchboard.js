@@ -34,7 +34,43 @@
  * @property {boolean} [heartbeat]          send an application ping when the connection has been
  *                                          quiet for ping_interval, and reconnect if it gets no pong
  *                                          (default true)
+ * @property {string|null} [device]         this device's stable id (`[A-Za-z0-9_-]{1,64}`) for the
+ *                                          inbox's per-device acknowledgements (PROTOCOL §10). In
+ *                                          browsers it defaults to one kept in localStorage
+ *                                          (`switchboard.device`); in Node pass one. null: none.
+ * @property {boolean} [autoAck]            ack each inbox publication once its handler returned (or
+ *                                          its promise resolved) without throwing (default true);
+ *                                          false: call `pub.ack()` / `ack()` yourself
+ *
+ * @typedef {object} InboxState  the welcome's `inbox` object, kept current by the client
+ * @property {string} channel
+ * @property {number} offset
+ * @property {string} epoch
+ * @property {number} acked
+ * @property {number} unread
  */
+
+const DEVICE_KEY = 'switchboard.device';
+const DEVICE_RE = /^[A-Za-z0-9_-]{1,64}$/;
+
+/** The browser's stable device id (created once in localStorage), or null outside one. */
+function storedDevice() {
+  let storage;
+  try { storage = globalThis.localStorage; } catch { return null; }
+  if (!storage) return null;
+  try {
+    let id = storage.getItem(DEVICE_KEY);
+    if (!id || !DEVICE_RE.test(id)) {
+      const bytes = new Uint8Array(12);
+      globalThis.crypto.getRandomValues(bytes);
+      id = 'd-' + [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+      storage.setItem(DEVICE_KEY, id);
+    }
+    return id;
+  } catch {
+    return null;
+  }
+}
 
 /** An error reply from the server (`ok:false`) or a client-side failure. */
 export class SwitchboardError extends Error {
@@ -72,7 +108,14 @@ export class Switchboard {
       minReconnectDelay: options.minReconnectDelay ?? 500,
       maxReconnectDelay: options.maxReconnectDelay ?? 20_000,
       heartbeat: options.heartbeat ?? true,
+      autoAck: options.autoAck ?? true,
     };
+    const device = options.device === undefined ? storedDevice() : options.device;
+    if (device != null && !DEVICE_RE.test(device)) {
+      throw new TypeError('Switchboard: options.device must be 1 to 64 of [A-Za-z0-9_-]');
+    }
+    /** @type {string|null} */ this.device = device ?? null;
+    /** @type {InboxState|null} */ this.inbox = null;
     /** @type {string|null} */ this.client = null;
     /** @type {string|null} */ this.user = null;
     /** @type {string|null} */ this.node = null;
@@ -102,7 +145,8 @@ export class Switchboard {
   // ---- events ---------------------------------------------------------
 
   /**
-   * Listen to `welcome`, `pub`, `join`, `leave`, `disconnect`, `state`, `error`, `subscribed`.
+   * Listen to `welcome`, `pub`, `join`, `leave`, `disconnect`, `state`, `error`, `subscribed`,
+   * `unread` (the inbox's unread count changed).
    * @param {string} event
    * @param {Function} fn
    * @returns {() => void} removes the listener
@@ -212,6 +256,7 @@ export class Switchboard {
     if (u.protocol === 'http:') u.protocol = 'ws:';
     if (u.protocol === 'https:') u.protocol = 'wss:';
     if (token) u.searchParams.set('token', token);
+    if (this.device) u.searchParams.set('device', this.device);
     return u.toString();
   }
 
@@ -353,6 +398,7 @@ export class Switchboard {
     this.client = frame.client ?? null;
     this.user = frame.user ?? null;
     this.node = frame.node ?? null;
+    this.inbox = frame.inbox ? { ...frame.inbox } : null;
     this._attempt = 0;
     // Commands are sent only in state 'connected': switch to it quietly so the
     // resubscriptions and the queued commands go out first, then tell the listeners.
@@ -402,11 +448,56 @@ export class Switchboard {
       sub.offset = pub.offset;
       sub.epoch = pub.epoch ?? sub.epoch;
     }
+    const inbox = this.inbox && pub.channel === this.inbox.channel && typeof pub.offset === 'number';
+    if (inbox) {
+      const box = this.inbox;
+      if (pub.epoch !== box.epoch) {
+        box.epoch = pub.epoch;
+        box.acked = 0;
+      }
+      if (pub.offset > box.offset) box.offset = pub.offset;
+      box.unread = Math.max(0, box.offset - box.acked);
+      Object.defineProperty(pub, 'ack', { value: () => this.ack(pub.channel, pub.offset), enumerable: false });
+      this._emit('unread', box.unread);
+    }
     this._emit('pub', pub);
+    let handled;
+    let ok = true;
     if (sub.onPublication) {
-      try { sub.onPublication(pub); } catch (err) { this._emit('error', err); }
+      try { handled = sub.onPublication(pub); } catch (err) { ok = false; this._emit('error', err); }
+    }
+    if (inbox && ok && this._opts.autoAck) {
+      Promise.resolve(handled).then(
+        () => this.ack(pub.channel, pub.offset).catch((err) => this._emit('error', err)),
+        (err) => this._emit('error', err),
+      );
     }
   }
+
+  /**
+   * Acknowledges that this device has handled everything of its inbox `channel` up to
+   * `offset` (PROTOCOL §10). The server's cursor only moves forward; resolves with where
+   * it stands. Needs a `device`.
+   * @param {string} channel
+   * @param {number} offset
+   * @returns {Promise<{acked: number}>}
+   */
+  async ack(channel, offset) {
+    const result = await this._command('ack', { channel, offset });
+    const box = this.inbox;
+    if (box && box.channel === channel && typeof result?.acked === 'number' && result.acked > box.acked) {
+      box.acked = result.acked;
+      const unread = Math.max(0, box.offset - box.acked);
+      if (unread !== box.unread) {
+        box.unread = unread;
+        this._emit('unread', unread);
+      }
+    }
+    return result;
+  }
+
+  /** Publications of this device's inbox it has not acknowledged (0 without an inbox). */
+  get unread() { return this.inbox?.unread ?? 0; }
 
   // ---- commands -------------------------------------------------------
 

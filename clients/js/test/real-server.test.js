@@ -7,7 +7,7 @@ import WebSocket from 'ws';
 import { Switchboard } from '../switchboard.js';
 import { waitFor } from '../testing/mock-server.js';
 import {
-  BASE_CONFIG, apiPublish, mintToken, startSwitchboard, switchboardBin, workDir,
+  API_KEY, BASE_CONFIG, apiPublish, mintToken, startSwitchboard, switchboardBin, workDir,
 } from '../testing/real-server.js';
 
 const bin = switchboardBin();
@@ -148,5 +148,84 @@ sync = "always"
       await server.stop();
       work.cleanup();
     }
+  });
+});
+
+describe('the inbox against the real server (per-device acks)', { skip }, () => {
+  const CONFIG = BASE_CONFIG.replace(
+    'name = "user"\nhistory_size = 100\nhistory_ttl = "10m"',
+    'name = "user"\nhistory_size = 100\nhistory_ttl = "10m"\ninbox = true',
+  );
+  let work;
+  let server;
+  const clients = [];
+
+  before(async () => {
+    work = workDir();
+    server = await startSwitchboard(bin, work.dir, CONFIG);
+  });
+
+  after(async () => {
+    for (const c of clients) c.disconnect();
+    await server?.stop();
+    work?.cleanup();
+  });
+
+  async function device(name, options = {}) {
+    const c = new Switchboard(server.ws, { token: mintToken(bin, 'carol'), ...FAST, device: name, ...options });
+    clients.push(c);
+    const welcome = new Promise((resolve) => c.on('welcome', resolve));
+    c.connect();
+    await welcome;
+    return c;
+  }
+
+  it('resumes each device after what it acked; auto-ack or pub.ack(); unread', async () => {
+    assert.throws(() => new Switchboard(server.ws, { ...FAST, device: 'not ok!' }), TypeError);
+
+    const laptopGot = [];
+    let laptop = await device('laptop', { autoAck: false });
+    assert.equal(laptop.device, 'laptop');
+    assert.deepEqual(
+      { acked: laptop.inbox.acked, unread: laptop.unread, channel: laptop.inbox.channel },
+      { acked: 0, unread: 0, channel: 'user:carol' },
+    );
+    await laptop.subscribe('user:carol', (p) => laptopGot.push(p));
+    const phoneGot = [];
+    const phone = await device('phone');
+    await phone.subscribe('user:carol', (p) => phoneGot.push(p));
+
+    await apiPublish(server, 'user:carol', { n: 0 });
+    await waitFor(() => laptopGot.length === 1 && phoneGot.length === 1, { what: 'the first publication' });
+    assert.equal(laptop.unread, 1, 'not acked yet');
+    assert.deepEqual(await laptopGot[0].ack(), { acked: 1 });
+    assert.equal(laptop.unread, 0);
+    laptop.disconnect();
+
+    for (let n = 1; n <= 5; n++) await apiPublish(server, 'user:carol', { n });
+    await waitFor(() => phoneGot.length === 6, { what: 'the phone gets all 6' });
+    await waitFor(() => phone.inbox.acked === 6, { what: 'the phone auto-acks each' });
+    assert.equal(phone.unread, 0);
+
+    const report = await (await fetch(`${server.http}/api/inbox/carol`, {
+      headers: { Authorization: `Bearer ${API_KEY}` },
+    })).json();
+    assert.equal(report.offset, 6);
+    const byDevice = Object.fromEntries(report.devices.map((d) => [d.device, d]));
+    assert.deepEqual(byDevice.laptop, { device: 'laptop', acked: 1, unread: 5 });
+    assert.deepEqual(byDevice.phone, { device: 'phone', acked: 6, unread: 0 });
+
+    // The laptop comes back as a new client with the same device: the welcome says 5
+    // unread, and a subscribe without `since` gets exactly those 5, in order.
+    const again = [];
+    laptop = await device('laptop', { autoAck: false });
+    assert.equal(laptop.unread, 5);
+    const result = await laptop.subscribe('user:carol', (p) => again.push(p));
+    assert.equal(result.recovered, true);
+    assert.deepEqual(again.map((p) => p.data.n), [1, 2, 3, 4, 5]);
+    assert.deepEqual(again.map((p) => p.offset), [2, 3, 4, 5, 6]);
+    assert.equal(laptop.unread, 5, 'autoAck off: nothing acked by itself');
+    assert.deepEqual(await laptop.ack('user:carol', 6), { acked: 6 });
+    assert.equal(laptop.unread, 0);
   });
 });

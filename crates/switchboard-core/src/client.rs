@@ -197,6 +197,10 @@ pub struct ClientInit {
     pub channels: Vec<String>,
     /// Token expiry, Unix seconds; 0 when the connection does not expire.
     pub expires_at: u64,
+    /// The `device` upgrade parameter (PROTOCOL §10), already checked.
+    pub device: Option<String>,
+    /// The welcome's `inbox` object, when the device has an inbox.
+    pub inbox: Option<serde_json::Value>,
 }
 
 /// A client id on the wire (`c-` and 16 hex digits), kept inline: no allocation.
@@ -294,6 +298,9 @@ pub struct ClientClaims {
     pub info: Option<Arc<str>>,
     /// The token's `channels` claim: names or `prefix*` patterns.
     pub channels: Box<[String]>,
+    /// The connection's device (not a claim, but kept for the connection's
+    /// life beside them, where it costs the handle nothing).
+    pub device: Option<Arc<str>>,
 }
 
 impl ClientClaims {
@@ -301,7 +308,14 @@ impl ClientClaims {
         ClientClaims {
             info: info.map(Arc::from),
             channels: channels.into_boxed_slice(),
+            device: None,
         }
+    }
+
+    /// The same claims for a connection of `device`.
+    pub fn with_device(mut self, device: Option<Arc<str>>) -> Self {
+        self.device = device;
+        self
     }
 }
 
@@ -441,7 +455,9 @@ impl ClientHandle {
             key,
             id: ClientId::new(key, salt),
             user: Arc::from(init.user),
-            claims: Mutex::new(Arc::new(ClientClaims::new(init.info, init.channels))),
+            claims: Mutex::new(Arc::new(
+                ClientClaims::new(init.info, init.channels).with_device(init.device.map(Arc::from)),
+            )),
             outbox: Outbox::new(max_bytes),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),

@@ -32,6 +32,9 @@ pub struct NamespacePolicy {
     pub subscribe: SubscribeRule,
     /// Channels of this namespace that may keep history at once; 0: no cap.
     pub history_max_channels: usize,
+    /// Per-device acknowledged cursors (PROTOCOL §10); only personal
+    /// channels (`user:<id>`) have them.
+    pub inbox: bool,
 }
 
 impl NamespacePolicy {

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, BrokerError, BrokerEvents, ControlMessage};
 use crate::client::{ClientClaims, ClientHandle, ClientInit};
+use crate::cursor::{CursorStore, MemoryCursors};
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryError, HistoryQuery, HistoryRead, Sweep};
 use crate::hub::{AddError, Hub};
@@ -21,7 +22,10 @@ use crate::namespace::Namespaces;
 use crate::presence::{PresenceEntry, PresenceStore};
 
 mod cluster;
+mod inbox;
 mod subscribe;
+
+pub use inbox::InboxState;
 
 pub use subscribe::REORDER_WINDOW;
 
@@ -109,6 +113,7 @@ pub struct Node {
     pub metrics: Metrics,
     broker: Arc<dyn Broker>,
     presence: Arc<dyn PresenceStore>,
+    cursors: Arc<dyn CursorStore>,
     started: Instant,
     next_key: AtomicU64,
     /// Scrambles client ids (see `ClientId::new`).
@@ -169,12 +174,24 @@ impl Node {
         broker: Arc<dyn Broker>,
         presence: Arc<dyn PresenceStore>,
     ) -> Arc<Node> {
+        Self::with_cursors(opts, broker, presence, Arc::new(MemoryCursors::default()))
+    }
+
+    /// A node whose inbox cursors (PROTOCOL §10) live in `cursors`: the
+    /// store that keeps the history, on every node.
+    pub fn with_cursors(
+        opts: NodeOptions,
+        broker: Arc<dyn Broker>,
+        presence: Arc<dyn PresenceStore>,
+        cursors: Arc<dyn CursorStore>,
+    ) -> Arc<Node> {
         let node = Arc::new_cyclic(|weak: &Weak<Node>| Node {
             opts,
             hub: Hub::new(),
             metrics: Metrics::default(),
             broker: broker.clone(),
             presence,
+            cursors,
             started: Instant::now(),
             next_key: AtomicU64::new(1),
             id_salt: fastrand::u64(..),
@@ -235,7 +252,8 @@ impl Node {
 
     /// Registers a client: subscribes it to its personal channel and queues
     /// the welcome frame.
-    pub fn connect(&self, init: ClientInit) -> Result<Arc<ClientHandle>, AddError> {
+    pub fn connect(&self, mut init: ClientInit) -> Result<Arc<ClientHandle>, AddError> {
+        let inbox = init.inbox.take();
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let client = Arc::new(ClientHandle::new(
             key,
@@ -251,11 +269,12 @@ impl Node {
         )?;
         self.metrics.connections.inc();
         self.count_connection(&client);
-        let _ = client.outbox.push(frame::welcome(
+        let _ = client.outbox.push(frame::welcome_with_inbox(
             &client.id,
             &client.user,
             &self.opts.name,
             self.opts.ping_interval.as_secs_f64(),
+            inbox.as_ref(),
         ));
         if let Ok(personal) = ChannelName::personal(&client.user) {
             client.subscriptions.lock().insert(&client.user, &personal);
@@ -295,7 +314,8 @@ impl Node {
             ));
         }
         client.set_expires_at(token.expires_at);
-        client.set_claims(ClientClaims::new(token.info, token.channels));
+        let device = client.claims().device.clone();
+        client.set_claims(ClientClaims::new(token.info, token.channels).with_device(device));
         let claims = client.claims();
         let withdrawn: Vec<ChannelName> = {
             let mut subs = client.subscriptions.lock();
@@ -434,6 +454,7 @@ impl Node {
                 since,
                 limit,
             } => self.client_history(client, &channel, since, limit).await,
+            Op::Ack { channel, offset } => self.ack(client, &channel, offset).await,
             Op::Ping => {
                 let _ = client.outbox.push(frame::pong(id));
                 return;
@@ -644,6 +665,7 @@ impl Node {
         self.metrics
             .history_channels
             .set(i64::try_from(swept.history_channels).unwrap_or(i64::MAX));
+        self.cursors.sweep(SWEEP_BUDGET);
     }
 
     pub fn heartbeat_tick(&self) -> Duration {

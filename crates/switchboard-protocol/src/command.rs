@@ -51,6 +51,12 @@ pub enum Op {
     Refresh {
         token: String,
     },
+    /// This connection's device has handled everything of `channel` (an
+    /// inbox) up to `offset` (PROTOCOL §10).
+    Ack {
+        channel: ChannelName,
+        offset: u64,
+    },
     Ping,
 }
 
@@ -88,6 +94,8 @@ struct RawCommand<'a> {
     limit: Option<&'a RawValue>,
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    offset: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -246,6 +254,10 @@ pub fn decode_command(text: &str) -> Result<Command, CommandError> {
         "refresh" => Op::Refresh {
             token: required(raw.token, "token", id)?,
         },
+        "ack" => Op::Ack {
+            channel: channel(raw.channel, id)?,
+            offset: required(raw.offset, "offset", id)?,
+        },
         "ping" => Op::Ping,
         _ => {
             return Err(CommandError {
@@ -321,6 +333,27 @@ mod tests {
     fn duplicate_keys_fail_but_keep_the_id() {
         let e = decode_command(r#"{"op":"ping","op":"ping","id":3}"#).expect_err("duplicate");
         assert_eq!(e.id, Some(3));
+    }
+
+    #[test]
+    fn ack_needs_a_channel_and_a_non_negative_offset() {
+        let c =
+            decode_command(r#"{"op":"ack","id":2,"channel":"user:a","offset":7}"#).expect("valid");
+        assert_eq!(
+            c.op,
+            Op::Ack {
+                channel: ChannelName::parse("user:a").expect("valid"),
+                offset: 7
+            }
+        );
+        for bad in [
+            r#"{"op":"ack","id":2,"channel":"user:a"}"#,
+            r#"{"op":"ack","id":2,"channel":"user:a","offset":-1}"#,
+            r#"{"op":"ack","id":2,"channel":"user:a","offset":"7"}"#,
+            r#"{"op":"ack","id":2,"offset":7}"#,
+        ] {
+            assert_eq!(decode_command(bad).expect_err(bad).id, Some(2));
+        }
     }
 
     #[test]

@@ -170,13 +170,28 @@ pub fn error_reply(id: Option<u64>, code: ErrorCode, message: &str) -> Bytes {
 
 /// The `welcome` frame, the first a client receives.
 pub fn welcome(client: &str, user: &str, node: &str, ping_interval_s: f64) -> Bytes {
-    let v = serde_json::json!({
+    welcome_with_inbox(client, user, node, ping_interval_s, None)
+}
+
+/// The `welcome` frame with, for a device of an inbox, its `inbox` object
+/// (`{"channel","offset","epoch","acked","unread"}`, PROTOCOL §10).
+pub fn welcome_with_inbox(
+    client: &str,
+    user: &str,
+    node: &str,
+    ping_interval_s: f64,
+    inbox: Option<&serde_json::Value>,
+) -> Bytes {
+    let mut v = serde_json::json!({
         "type": "welcome",
         "client": client,
         "user": user,
         "node": node,
         "ping_interval": ping_interval_s,
     });
+    if let (Some(inbox), Some(map)) = (inbox, v.as_object_mut()) {
+        map.insert("inbox".into(), inbox.clone());
+    }
     Bytes::from(v.to_string())
 }
 

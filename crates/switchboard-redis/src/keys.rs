@@ -21,6 +21,12 @@ pub fn meta(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:meta")
 }
 
+/// An inbox channel's device cursors: hash device →
+/// `offset:expires_ms:advanced_ms:epoch` (`lua/cursor_advance.lua`).
+pub fn cursors(channel: &ChannelName) -> String {
+    format!("{PREFIX}:{{{channel}}}:cursors")
+}
+
 /// The pub/sub channel carrying a channel's publications and pushes.
 pub fn pubsub(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:pub")

@@ -17,6 +17,7 @@
 mod broker;
 mod config;
 mod conn;
+mod cursors;
 mod envelope;
 mod health;
 mod keys;
@@ -29,6 +30,7 @@ pub mod testing;
 
 pub use broker::RedisBroker;
 pub use config::{RedisOptions, RedisUrl};
+pub use cursors::RedisCursors;
 pub use nodes::{NodeInfo, RedisNodes};
 pub use presence::RedisPresence;
 // The seam's types are core's; re-exported so callers of the broker need

@@ -13,10 +13,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use switchboard_core::{
-    Broker, FileHistory, HistoryStore, MemoryBroker, MemoryHistory, MemoryPresence, Node,
-    PresenceStore, SyncMode,
+    Broker, CursorStore, FileHistory, HistoryStore, MemoryBroker, MemoryCursors, MemoryHistory,
+    MemoryPresence, Node, PresenceStore, SyncMode,
 };
-use switchboard_redis::{NodeInfo, RedisBroker, RedisNodes, RedisOptions, RedisPresence, RedisUrl};
+use switchboard_redis::{
+    NodeInfo, RedisBroker, RedisCursors, RedisNodes, RedisOptions, RedisPresence, RedisUrl,
+};
 
 use crate::config::{BrokerKind, Config, RedisUrls, redact_url};
 use pending::Pending;
@@ -25,6 +27,8 @@ use pending::Pending;
 pub struct Backends {
     pub broker: Arc<dyn Broker>,
     pub presence: Arc<dyn PresenceStore>,
+    /// Inbox cursors, in the store that keeps the history.
+    pub cursors: Arc<dyn CursorStore>,
     nodes: Option<Arc<Pending>>,
     /// Redis to reach in the background (it was not reachable at start).
     connect_later: Option<RedisOptions>,
@@ -105,12 +109,16 @@ impl Cluster {
 impl Backends {
     pub async fn build(cfg: &Config) -> Result<Backends, String> {
         match cfg.broker.kind {
-            BrokerKind::Memory => Ok(Backends {
-                broker: Arc::new(MemoryBroker::new(history(cfg)?)),
-                presence: Arc::new(MemoryPresence::default()),
-                nodes: None,
-                connect_later: None,
-            }),
+            BrokerKind::Memory => {
+                let (history, cursors) = history(cfg)?;
+                Ok(Backends {
+                    broker: Arc::new(MemoryBroker::new(history)),
+                    presence: Arc::new(MemoryPresence::default()),
+                    cursors,
+                    nodes: None,
+                    connect_later: None,
+                })
+            }
             BrokerKind::Redis => redis(cfg).await,
         }
     }
@@ -135,9 +143,15 @@ impl Backends {
     }
 }
 
-fn history(cfg: &Config) -> Result<Arc<dyn HistoryStore>, String> {
+/// The history store, and the cursor store beside it (the same file).
+type Stores = (Arc<dyn HistoryStore>, Arc<dyn CursorStore>);
+
+fn history(cfg: &Config) -> Result<Stores, String> {
     if cfg.history.store != "file" {
-        return Ok(Arc::new(MemoryHistory::new()));
+        return Ok((
+            Arc::new(MemoryHistory::new()),
+            Arc::new(MemoryCursors::default()),
+        ));
     }
     let sync = if cfg.history.sync == "batch" {
         SyncMode::Batch {
@@ -146,9 +160,8 @@ fn history(cfg: &Config) -> Result<Arc<dyn HistoryStore>, String> {
     } else {
         SyncMode::Always
     };
-    Ok(Arc::new(
-        FileHistory::open(&cfg.history.path, sync).map_err(|e| e.to_string())?,
-    ))
+    let file = Arc::new(FileHistory::open(&cfg.history.path, sync).map_err(|e| e.to_string())?);
+    Ok((file.clone(), file))
 }
 
 fn options(cfg: &Config) -> Result<RedisOptions, String> {
@@ -173,10 +186,11 @@ fn options(cfg: &Config) -> Result<RedisOptions, String> {
     Ok(o)
 }
 
-/// Connects the broker, presence and node announcements to Redis.
-async fn connect(
-    options: &RedisOptions,
-) -> Result<(RedisBroker, RedisPresence, RedisNodes), String> {
+/// What a node keeps in Redis.
+type Connections = (RedisBroker, RedisPresence, RedisNodes, RedisCursors);
+
+/// Connects the broker, presence, node announcements and inbox cursors to Redis.
+async fn connect(options: &RedisOptions) -> Result<Connections, String> {
     let broker = RedisBroker::connect(options.clone())
         .await
         .map_err(|e| e.to_string())?;
@@ -186,7 +200,10 @@ async fn connect(
     let nodes = RedisNodes::connect(options)
         .await
         .map_err(|e| e.to_string())?;
-    Ok((broker, presence, nodes))
+    let cursors = RedisCursors::connect(options)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((broker, presence, nodes, cursors))
 }
 
 async fn redis(cfg: &Config) -> Result<Backends, String> {
@@ -216,6 +233,7 @@ async fn redis(cfg: &Config) -> Result<Backends, String> {
     Ok(Backends {
         broker: Arc::new(pending::LazyBroker(pending.clone())),
         presence: Arc::new(pending::LazyPresence(pending.clone())),
+        cursors: Arc::new(pending::LazyCursors(pending.clone())),
         nodes: Some(pending),
         connect_later,
     })

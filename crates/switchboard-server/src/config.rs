@@ -373,6 +373,9 @@ pub struct NamespaceConfig {
     /// Channels of this namespace that may keep history at once; a publish
     /// that would start one more is refused `limit_exceeded`.
     pub history_max_channels: usize,
+    /// Per-device acknowledged cursors (PROTOCOL §10); only the `user`
+    /// namespace, with history, may be an inbox.
+    pub inbox: bool,
 }
 
 impl Default for Config {
@@ -501,6 +504,7 @@ impl Default for NamespaceConfig {
             history_ttl: Dur::secs(0),
             subscribe: "any".into(),
             history_max_channels: 100_000,
+            inbox: false,
         }
     }
 }
@@ -781,6 +785,16 @@ impl Config {
                     "namespaces[{i}].history_max_channels: must be above 0"
                 ));
             }
+            if ns.inbox && ns.name != "user" {
+                errs.push(format!(
+                    "namespaces[{i}].inbox: only the `user` namespace (personal channels) may be an inbox"
+                ));
+            }
+            if ns.inbox && (ns.history_size == 0 || ns.history_ttl.0.is_zero()) {
+                errs.push(format!(
+                    "namespaces[{i}].inbox: an inbox needs history (history_size and history_ttl above 0)"
+                ));
+            }
         }
         // An API publication reaches each subscriber as one `pub` frame in its
         // send queue: one that cannot fit would close every subscriber 1013.
@@ -822,6 +836,7 @@ impl Config {
                     SubscribeRule::Any
                 },
                 history_max_channels: n.history_max_channels,
+                inbox: n.inbox,
             })
             .collect()
     }

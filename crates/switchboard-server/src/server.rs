@@ -47,7 +47,12 @@ pub async fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> 
         leeway: cfg.auth.leeway.0,
     };
     let backends = Backends::build(&cfg).await?;
-    let node = Node::new(opts, backends.broker.clone(), backends.presence.clone());
+    let node = Node::with_cursors(
+        opts,
+        backends.broker.clone(),
+        backends.presence.clone(),
+        backends.cursors.clone(),
+    );
     let cluster = backends.cluster(&node);
     let mut registry = node.metrics.registry();
     let broker_metrics = crate::http::ops::BrokerMetrics::register(&mut registry);

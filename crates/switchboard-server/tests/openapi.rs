@@ -23,6 +23,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/api/history/{channel}"),
     ("POST", "/api/disconnect"),
     ("GET", "/api/info"),
+    ("GET", "/api/inbox/{user}"),
     ("GET", "/health"),
     ("GET", "/ready"),
     ("GET", "/metrics"),
@@ -42,6 +43,7 @@ const UNTRIGGERABLE: &[(&str, &str, u16)] = &[
     ("GET", "/api/online", 503),
     ("POST", "/api/disconnect", 503),
     ("GET", "/api/info", 503),
+    ("GET", "/api/inbox/{user}", 503),
     ("GET", "/metrics", 500),
 ];
 
@@ -364,7 +366,16 @@ async fn answers_match_the_documented_schemas() {
     let spec = spec();
     let mut cfg = config();
     cfg.api.max_body_bytes = 4096;
+    for ns in &mut cfg.namespaces {
+        ns.inbox = ns.name == "user";
+    }
     let s = TestServer::start(cfg).await;
+    let mut phone =
+        common::Client::connect(s.addr, &format!("{}&device=phone", s.token("bob"))).await;
+    let r = phone
+        .call(json!({"op": "ack", "channel": "user:bob", "offset": 0}))
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
 
     // Something in every answer: a subscriber, and a client publication
     // (with `from`) next to API ones.
@@ -505,6 +516,30 @@ async fn answers_match_the_documented_schemas() {
         sample("GET", "/health", "/health", None, false, 200),
         sample("GET", "/ready", "/ready", None, false, 200),
         sample("GET", "/metrics", "/metrics", None, false, 200),
+        sample(
+            "GET",
+            "/api/inbox/{user}",
+            "/api/inbox/bob",
+            None,
+            true,
+            200,
+        ),
+        sample(
+            "GET",
+            "/api/inbox/{user}",
+            "/api/inbox/a%20b",
+            None,
+            true,
+            400,
+        ),
+        sample(
+            "GET",
+            "/api/inbox/{user}",
+            "/api/inbox/bob",
+            None,
+            false,
+            401,
+        ),
     ];
     let mut covered: BTreeMap<(String, String), BTreeSet<u16>> = BTreeMap::new();
     for x in &samples {
@@ -521,6 +556,22 @@ async fn answers_match_the_documented_schemas() {
             .is_some_and(|p| p.iter().any(|p| p["from"] == "alice")),
         "a client publication was checked: {r}"
     );
+
+    // Without an inbox namespace: 404.
+    let plain = TestServer::start(config()).await;
+    let x = sample(
+        "GET",
+        "/api/inbox/{user}",
+        "/api/inbox/bob",
+        None,
+        true,
+        404,
+    );
+    check(&plain, &spec, &x).await;
+    covered
+        .entry(("GET".into(), "/api/inbox/{user}".into()))
+        .or_default()
+        .insert(404);
 
     // Draining: /ready answers 503.
     s.state

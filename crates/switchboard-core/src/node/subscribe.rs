@@ -14,6 +14,7 @@ use switchboard_protocol::{ChannelName, Publication, StreamPosition};
 
 use super::{CommandError, Node, json_str, spawn, subscribe_result};
 use crate::client::ClientHandle;
+use crate::cursor::Cursor;
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryQuery, HistoryRead, Retention};
 use crate::hub::{Begin, BroadcastOutcome, StreamKey};
@@ -186,6 +187,21 @@ impl Node {
         if !ns.may_subscribe(channel, &client.user, &client.claims().channels) {
             return Err(CommandError::forbidden());
         }
+        // A device subscribing to its own inbox without `since` resumes from
+        // its cursor (PROTOCOL §10); read before anything is changed.
+        let inbox = match (&since, client.claims().device.clone()) {
+            (None, Some(device))
+                if ns.policy(channel).inbox && channel.personal_owner() == Some(&*client.user) =>
+            {
+                Some(
+                    self.cursors
+                        .get(channel, &device)
+                        .await
+                        .map_err(super::inbox::cursor_error)?,
+                )
+            }
+            _ => None,
+        };
         let closing = || CommandError::new(ErrorCode::Internal, "client is closing");
         let already = {
             let mut subs = client.subscriptions.lock();
@@ -228,7 +244,7 @@ impl Node {
             }
         }
         let recovered = match self
-            .join(client, id, channel, since, policy.retention())
+            .join(client, id, channel, since, inbox, policy.retention())
             .await
         {
             Ok(n) => n,
@@ -326,9 +342,10 @@ impl Node {
         id: Option<u64>,
         channel: &ChannelName,
         since: Option<StreamPosition>,
+        inbox: Option<Option<Cursor>>,
         retention: Retention,
     ) -> Result<usize, CommandError> {
-        let recover = since.is_some();
+        let recover = since.is_some() || inbox.is_some();
         let begin = self
             .hub
             .begin_join(channel, client, recover, |epoch, offset| {
@@ -350,14 +367,20 @@ impl Node {
             self.broker.subscribe(channel).await?;
             self.hub.broker_subscribed(channel);
         }
-        let query = HistoryQuery {
-            limit: if recover { None } else { Some(0) },
-            since,
+        let mut read = match &inbox {
+            Some(cursor) => self.inbox_read(channel, cursor.as_ref(), retention).await?,
+            None => {
+                let query = HistoryQuery {
+                    limit: if recover { None } else { Some(0) },
+                    since,
+                };
+                self.broker.history(channel, &query, retention).await?
+            }
         };
-        let mut read = self.broker.history(channel, &query, retention).await?;
         let bytes: usize = read.publications.iter().map(|p| p.frame().len()).sum();
-        if !read.recovered || bytes > self.reply_cap() {
-            // Never a partial list, and never more than the outbox takes.
+        // Never a partial list (but an inbox gets what it still holds), and
+        // never more than the outbox takes.
+        if bytes > self.reply_cap() || (!read.recovered && inbox.is_none()) {
             read.recovered = false;
             read.publications.clear();
         }
@@ -369,7 +392,13 @@ impl Node {
                 .iter()
                 .map(|p| p.frame().clone())
                 .collect(),
-            None => vec![frame::lost(channel, &read.epoch, read.offset)],
+            None => match read.publications.first() {
+                // What the inbox still holds follows what it lost.
+                Some(first) => std::iter::once(frame::lost(channel, &read.epoch, first.offset - 1))
+                    .chain(read.publications.iter().map(|p| p.frame().clone()))
+                    .collect(),
+                None => vec![frame::lost(channel, &read.epoch, read.offset)],
+            },
         };
         let (mut head, mut epoch, mut covered) = (head, read.epoch.clone(), read.offset);
         // Another subscriber's read may have placed the channel's stream past

@@ -15,8 +15,9 @@ use switchboard_core::presence::PresenceError;
 use switchboard_core::{
     Broker, BrokerError, BrokerEvents, BrokerHealth, ControlMessage, PresenceEntry, PresenceStore,
 };
+use switchboard_core::{Cursor, CursorError, CursorLimits, CursorStore, DeviceCursor};
 use switchboard_protocol::{ChannelName, StreamPosition};
-use switchboard_redis::{RedisBroker, RedisNodes, RedisOptions, RedisPresence};
+use switchboard_redis::{RedisBroker, RedisCursors, RedisNodes, RedisOptions, RedisPresence};
 
 const NOT_YET: &str = "redis not reached yet";
 
@@ -24,6 +25,7 @@ struct Connected {
     broker: RedisBroker,
     presence: RedisPresence,
     nodes: Arc<RedisNodes>,
+    cursors: RedisCursors,
 }
 
 pub struct Pending {
@@ -47,11 +49,12 @@ impl Pending {
     /// The node binds its events before any background connection starts
     /// (`Backends::cluster` runs after `Node::new`); a connection made
     /// before the node exists is bound by [`LazyBroker::bind`].
-    pub fn connected(&self, (broker, presence, nodes): (RedisBroker, RedisPresence, RedisNodes)) {
+    pub fn connected(&self, (broker, presence, nodes, cursors): super::Connections) {
         let _ = self.connected.set(Connected {
             broker,
             presence,
             nodes: Arc::new(nodes),
+            cursors,
         });
         if let (Some(events), Some(c)) = (self.events.get(), self.connected.get()) {
             c.broker.bind(events.clone());
@@ -223,5 +226,43 @@ impl PresenceStore for LazyPresence {
 
     fn shared(&self) -> bool {
         true
+    }
+}
+
+/// Inbox cursors in Redis, once reached.
+pub struct LazyCursors(pub Arc<Pending>);
+
+impl LazyCursors {
+    fn cursors(&self) -> Result<&RedisCursors, CursorError> {
+        self.0
+            .connected
+            .get()
+            .map(|c| &c.cursors)
+            .ok_or_else(|| CursorError::Unavailable(NOT_YET.into()))
+    }
+}
+
+#[async_trait]
+impl CursorStore for LazyCursors {
+    async fn get(
+        &self,
+        channel: &ChannelName,
+        device: &str,
+    ) -> Result<Option<Cursor>, CursorError> {
+        self.cursors()?.get(channel, device).await
+    }
+
+    async fn devices(&self, channel: &ChannelName) -> Result<Vec<DeviceCursor>, CursorError> {
+        self.cursors()?.devices(channel).await
+    }
+
+    async fn advance(
+        &self,
+        channel: &ChannelName,
+        device: &str,
+        to: Cursor,
+        limits: CursorLimits,
+    ) -> Result<Cursor, CursorError> {
+        self.cursors()?.advance(channel, device, to, limits).await
     }
 }

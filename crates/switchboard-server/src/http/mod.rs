@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod front;
+pub mod inbox;
 pub mod ops;
 pub mod origin;
 pub mod ws;
@@ -79,6 +80,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/history/{channel}", get(api::history))
         .route("/disconnect", post(api::disconnect))
         .route("/info", get(api::info))
+        .route("/inbox/{user}", get(inbox::report))
         .fallback(not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(gate, api::admit))

@@ -170,6 +170,17 @@ async fn checked(
             "sub is not a valid user id",
         )));
     }
+    let device = match device_param(query) {
+        Ok(d) => d,
+        Err(message) => {
+            reject("bad_device");
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                message,
+            )));
+        }
+    };
     match node.admission_everywhere(&claims.sub).await {
         Ok(()) => {}
         Err(AddError::NodeFull) => {
@@ -189,6 +200,18 @@ async fn checked(
             )));
         }
     }
+    // The welcome's `inbox` object (PROTOCOL §10). A store that cannot
+    // answer now leaves it out rather than refusing the connection.
+    let inbox = match &device {
+        Some(d) => match node.inbox_state(&claims.sub, d).await {
+            Ok(state) => state.and_then(|s| serde_json::to_value(s).ok()),
+            Err(e) => {
+                tracing::warn!(error = %e.message, "inbox state unavailable for the welcome");
+                None
+            }
+        },
+        None => None,
+    };
     Ok(Accepted {
         accept: accept_key(key.as_bytes()),
         init: ClientInit {
@@ -196,6 +219,51 @@ async fn checked(
             info: claims.info.map(|v| v.to_string()),
             channels: claims.channels,
             expires_at: claims.exp.unwrap_or(0),
+            device,
+            inbox,
         },
     })
+}
+
+/// The `device` query parameter (PROTOCOL §10): `[A-Za-z0-9_-]{1,64}`, once.
+fn device_param(query: Option<&str>) -> Result<Option<String>, &'static str> {
+    let mut found = None;
+    for pair in query.unwrap_or("").split('&') {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if name != "device" {
+            continue;
+        }
+        if found.is_some() {
+            return Err("the `device` parameter is given twice");
+        }
+        let ok = (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !ok {
+            return Err("the `device` parameter must be 1 to 64 of [A-Za-z0-9_-]");
+        }
+        found = Some(value.to_string());
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::device_param;
+
+    #[test]
+    fn device_ids_are_checked() {
+        assert_eq!(device_param(None), Ok(None));
+        assert_eq!(device_param(Some("token=x")), Ok(None));
+        assert_eq!(
+            device_param(Some("token=x&device=phone_1-A")),
+            Ok(Some("phone_1-A".into()))
+        );
+        for bad in ["device=", "device=a%20b", "device=a.b", "device=x&device=y"] {
+            assert!(device_param(Some(bad)).is_err(), "{bad}");
+        }
+        assert!(device_param(Some(&format!("device={}", "a".repeat(65)))).is_err());
+        assert!(device_param(Some(&format!("device={}", "a".repeat(64)))).is_ok());
+    }
 }

@@ -84,6 +84,7 @@ fn refresh(
         info: claims.info.map(|v| v.to_string()),
         channels: claims.channels,
         expires_at: exp.unwrap_or(0),
+        ..Default::default()
     };
     st.node.refresh(client, token)?;
     Ok(bytes::Bytes::from(
