@@ -31,6 +31,7 @@ pub use client::{ClientClaims, ClientHandle, ClientId, ClientInit, Out, Outbox, 
 pub use disconnect::Disconnect;
 pub use history::{
     HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention, Sweep, Swept,
+    new_epoch, select,
 };
 pub use hub::Hub;
 pub use metrics::Metrics;
