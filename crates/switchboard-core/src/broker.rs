@@ -236,7 +236,19 @@ impl Broker for MemoryBroker {
         query: &HistoryQuery,
         retention: Retention,
     ) -> Result<HistoryRead, BrokerError> {
-        Ok(self.history.read(channel, query, retention)?)
+        let read = || self.history.read(channel, query, retention);
+        if self.history.blocks() {
+            // A database round trip: off the worker's other tasks.
+            return Ok(blocking(read)?);
+        }
+        Ok(read()?)
+    }
+
+    fn health(&self) -> BrokerHealth {
+        BrokerHealth {
+            ok: self.history.healthy(),
+            lag: None,
+        }
     }
 
     fn sweep(&self, pass: &Sweep<'_>) -> Swept {

@@ -178,6 +178,12 @@ pub trait HistoryStore: Send + Sync + 'static {
     fn blocks(&self) -> bool {
         false
     }
+
+    /// Whether the store can take appends now (a database store that lost
+    /// its server says no): the node's broker health, so `/ready` follows.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// A fresh epoch: random, so a restarted node never reuses one.

@@ -38,6 +38,7 @@ pub use cursor::{
 pub use disconnect::Disconnect;
 pub use history::{
     HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention, Sweep, Swept,
+    new_epoch, select,
 };
 pub use hub::Hub;
 pub use metrics::Metrics;
