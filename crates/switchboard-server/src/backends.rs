@@ -20,8 +20,9 @@ use switchboard_redis::{
     NodeInfo, RedisBroker, RedisCursors, RedisNodes, RedisOptions, RedisPresence, RedisUrl,
 };
 
-use crate::config::{BrokerKind, Config, RedisUrls, redact_url};
+use crate::config::{BrokerKind, Config, HistoryStoreKind, RedisUrls, redact_url};
 use pending::Pending;
+use switchboard_postgres::{PgHistory, PgOptions};
 
 /// The roles a node is built with, and what the cluster needs beside them.
 pub struct Backends {
@@ -147,11 +148,19 @@ impl Backends {
 type Stores = (Arc<dyn HistoryStore>, Arc<dyn CursorStore>);
 
 fn history(cfg: &Config) -> Result<Stores, String> {
-    if cfg.history.store != "file" {
-        return Ok((
-            Arc::new(MemoryHistory::new()),
-            Arc::new(MemoryCursors::default()),
-        ));
+    match cfg.history.store {
+        HistoryStoreKind::Memory => {
+            return Ok((
+                Arc::new(MemoryHistory::new()),
+                Arc::new(MemoryCursors::default()),
+            ));
+        }
+        // Cursors are not in PostgreSQL yet: an inbox on this store keeps
+        // them in memory (see ARCHITECTURE.md, Departures).
+        HistoryStoreKind::Postgres => {
+            return Ok((postgres(cfg)?, Arc::new(MemoryCursors::default())));
+        }
+        HistoryStoreKind::File => {}
     }
     let sync = if cfg.history.sync == "batch" {
         SyncMode::Batch {
@@ -162,6 +171,33 @@ fn history(cfg: &Config) -> Result<Stores, String> {
     };
     let file = Arc::new(FileHistory::open(&cfg.history.path, sync).map_err(|e| e.to_string())?);
     Ok((file.clone(), file))
+}
+
+/// PostgreSQL need not be up: the store migrates once it is reached, and
+/// until then the node is not ready and publishes answer 503.
+fn postgres(cfg: &Config) -> Result<Arc<dyn HistoryStore>, String> {
+    let mut options = PgOptions::new(cfg.history.postgres_url.trim());
+    options.pool_size = cfg.history.postgres_pool_size;
+    let store = PgHistory::open(options)?;
+    tracing::info!(
+        postgres = %redact_url(&cfg.history.postgres_url),
+        "history in postgres"
+    );
+    Ok(Arc::new(store))
+}
+
+/// What `check-config` says about `[history] store = "postgres"`: whether
+/// the database answers, and its schema against this build's migrations.
+pub fn check_postgres(cfg: &Config) -> Result<String, String> {
+    let shown = redact_url(&cfg.history.postgres_url);
+    let mut options = PgOptions::new(cfg.history.postgres_url.trim());
+    options.pool_size = cfg.history.postgres_pool_size;
+    let st = switchboard_postgres::check(&options)
+        .map_err(|e| format!("history.postgres_url: cannot reach {shown}: {e}"))?;
+    if !st.is_ok() {
+        return Err(format!("history.postgres_url: {shown}: {st}"));
+    }
+    Ok(format!("postgres {shown}: reachable, {st}"))
 }
 
 fn options(cfg: &Config) -> Result<RedisOptions, String> {

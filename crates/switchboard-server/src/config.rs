@@ -340,16 +340,44 @@ pub struct PresenceConfig {
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
-    /// `memory` (lost on restart) or `file` (survives restarts).
-    pub store: String,
+    /// Where history lives: `memory` (lost on restart), `file` (survives
+    /// restarts) or `postgres` (in PostgreSQL).
+    pub store: HistoryStoreKind,
     /// The file of `store = "file"`.
     pub path: String,
+    /// The database of `store = "postgres"`: a `postgres://` URL (its
+    /// password is redacted wherever the config is printed).
+    pub postgres_url: String,
+    /// Connections to PostgreSQL this node keeps open.
+    pub postgres_pool_size: usize,
     /// `always`: a publish is answered once it is on disk. `batch`: commits
     /// are grouped and made durable within `batch_delay`; a crash loses at
     /// most that window.
     pub sync: String,
     /// Longest delay before a batched commit is on disk.
     pub batch_delay: Dur,
+}
+
+/// `[history] store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HistoryStoreKind {
+    /// In this process: lost on restart (a new epoch tells clients so).
+    Memory,
+    /// A file on this node's disk (memory broker only).
+    File,
+    /// PostgreSQL (`postgres_url`): memory broker only for now.
+    Postgres,
+}
+
+impl HistoryStoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HistoryStoreKind::Memory => "memory",
+            HistoryStoreKind::File => "file",
+            HistoryStoreKind::Postgres => "postgres",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -477,8 +505,10 @@ impl Default for PresenceConfig {
 impl Default for HistoryConfig {
     fn default() -> Self {
         HistoryConfig {
-            store: "memory".into(),
+            store: HistoryStoreKind::Memory,
             path: "data/history.db".into(),
+            postgres_url: String::new(),
+            postgres_pool_size: 8,
             sync: "always".into(),
             batch_delay: Dur(Duration::from_millis(10)),
         }
@@ -727,13 +757,23 @@ impl Config {
             errs.push("limits.messages_per_second: must be above 0".into());
         }
         errs.extend(self.broker_problems());
-        if !matches!(self.history.store.as_str(), "memory" | "file") {
-            errs.push(format!(
-                "history.store: `{}` must be \"memory\" or \"file\"",
-                self.history.store
-            ));
+        if self.history.store == HistoryStoreKind::Postgres {
+            let url = &self.history.postgres_url;
+            if url.is_empty() {
+                errs.push(
+                    "history.postgres_url: a URL is required with store = \"postgres\"".into(),
+                );
+            } else if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                errs.push(format!(
+                    "history.postgres_url: `{}` must start with postgres:// or postgresql://",
+                    redact_url(url)
+                ));
+            }
+            if self.history.postgres_pool_size < 2 || self.history.postgres_pool_size > 256 {
+                errs.push("history.postgres_pool_size: must be 2 to 256".into());
+            }
         }
-        if self.history.store == "file" && self.history.path.is_empty() {
+        if self.history.store == HistoryStoreKind::File && self.history.path.is_empty() {
             errs.push("history.path: a file path is required with store = \"file\"".into());
         }
         if self.history.batch_delay.0.is_zero()
@@ -890,11 +930,19 @@ impl Config {
                 ));
             }
         }
-        if self.history.store == "file" {
+        if self.history.store == HistoryStoreKind::File {
             // PROTOCOL §8: history lives in Redis with the Redis broker.
             errs.push(
                 "history.store: \"file\" works with the memory broker only; with \
                  broker.kind = \"redis\" history lives in Redis (use \"memory\")"
+                    .into(),
+            );
+        }
+        if self.history.store == HistoryStoreKind::Postgres {
+            // Not built yet: PostgreSQL assigning offsets under Redis's fan-out.
+            errs.push(
+                "history.store: \"postgres\" works with the memory broker only in this \
+                 version; with broker.kind = \"redis\" history lives in Redis (use \"memory\")"
                     .into(),
             );
         }

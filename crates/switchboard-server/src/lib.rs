@@ -6,7 +6,8 @@
 //! - [`auth`]: token sources, JWT verification, the API key.
 //! - [`http`]: the router: `/ws` (checks before the upgrade), `/api/*`, operations.
 //! - [`transport`]: one WebSocket client's read and write loop.
-//! - [`backends`]: the broker and presence store the config names (memory or Redis).
+//! - [`backends`]: the broker, presence and history stores the config names (memory,
+//!   file, Redis or PostgreSQL).
 //! - [`server`]: builds the node, accepts connections, shuts down gracefully.
 //! - [`fds`]: file-descriptor limit and count.
 //! - [`secret`]: secrets and URL credentials redacted wherever the config is printed.

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_server::auth::Claims;
-use switchboard_server::config::{Config, Dur};
+use switchboard_server::config::{Config, Dur, HistoryStoreKind};
 use switchboard_server::{fds, server};
 use tracing_subscriber::EnvFilter;
 
@@ -79,13 +79,19 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { config: None }) {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { file } => Config::load(Some(&file), env_vars())
-            .map(|(_, warnings)| {
+            .map_err(anyhow::Error::from)
+            .and_then(|(cfg, warnings)| {
                 for w in warnings {
                     eprintln!("warning: {w}");
                 }
+                if cfg.history.store == HistoryStoreKind::Postgres {
+                    let said = switchboard_server::backends::check_postgres(&cfg)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                    println!("{said}");
+                }
                 println!("{}: ok", file.display());
-            })
-            .map_err(anyhow::Error::from),
+                Ok(())
+            }),
         Command::DefaultConfig => {
             print!(
                 "{}",
