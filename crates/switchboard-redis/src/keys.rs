@@ -21,6 +21,12 @@ pub fn meta(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:meta")
 }
 
+/// A namespace's channels that keep history: sorted set channel → the
+/// expiry (ms, server time) their count lasts until (`history_max_channels`).
+pub fn history_channels(namespace: &str) -> String {
+    format!("{PREFIX}:{{history-channels:{namespace}}}")
+}
+
 /// The pub/sub channel carrying a channel's publications and pushes.
 pub fn pubsub(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:pub")
