@@ -88,6 +88,17 @@ export interface LeaveFrame {
   client: string;
 }
 
+/**
+ * What came before `offset` in `epoch` and was not yet delivered cannot be (the broker
+ * lost it, or it is past the channel's history); delivery goes on after `offset`.
+ */
+export interface LostFrame {
+  type: 'lost';
+  channel: string;
+  epoch: string;
+  offset: number;
+}
+
 export interface DisconnectEvent {
   /** The WebSocket close code (or the server's `disconnect` frame's code when the close had none). */
   code: number;
@@ -156,6 +167,8 @@ export interface SwitchboardEvents {
   pub: (pub: Publication) => void;
   join: (frame: JoinFrame) => void;
   leave: (frame: LeaveFrame) => void;
+  /** A range of a subscribed channel that will never arrive (see LostFrame). */
+  lost: (frame: LostFrame) => void;
   disconnect: (ev: DisconnectEvent) => void;
   state: (state: State, previous: State) => void;
   error: (err: Error) => void;

@@ -389,6 +389,7 @@ export class Switchboard {
       case 'pub': this._onPublication(frame); break;
       case 'join': this._emit('join', frame); break;
       case 'leave': this._emit('leave', frame); break;
+      case 'lost': this._onLost(frame); break;
       case 'disconnect': this._serverDisconnect = { code: frame.code, reason: frame.reason }; break;
       default: break;
     }
@@ -441,8 +442,28 @@ export class Switchboard {
     else this._deliver(sub, pub);
   }
 
-  /** Delivers one publication of a subscribed channel, skipping ones already seen. */
+  /**
+   * A range of a channel that cannot be delivered (PROTOCOL §9): delivery goes on after
+   * `offset` in `epoch`, so the position moves there (a resubscribe does not ask for the
+   * range again), in order with the channel's publications.
+   */
+  _onLost(frame) {
+    const sub = this._subs.get(frame.channel);
+    if (sub && sub.inflight) sub.buffer.push(frame);
+    else this._deliver(sub, frame);
+  }
+
+  /** Delivers one publication (or `lost`) of a subscribed channel, skipping ones already seen. */
   _deliver(sub, pub) {
+    if (pub.type === 'lost') {
+      if (sub && typeof pub.offset === 'number' &&
+          (sub.offset == null || pub.epoch !== sub.epoch || pub.offset > sub.offset)) {
+        sub.offset = pub.offset;
+        sub.epoch = pub.epoch ?? sub.epoch;
+      }
+      this._emit('lost', pub);
+      return;
+    }
     if (typeof pub.offset === 'number') {
       if (sub.offset != null && pub.epoch === sub.epoch && pub.offset <= sub.offset) return;
       sub.offset = pub.offset;

@@ -2,6 +2,8 @@
 // by `switchboard token`, subscribe, publications in order, and every publication once
 // and in order across a crash and restart of the server with the file store.
 import { describe, it, before, after } from 'node:test';
+import { spawn, execFileSync } from 'node:child_process';
+import { createServer } from 'node:net';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { Switchboard } from '../switchboard.js';
@@ -227,5 +229,61 @@ describe('the inbox against the real server (per-device acks)', { skip }, () => 
     assert.equal(laptop.unread, 5, 'autoAck off: nothing acked by itself');
     assert.deepEqual(await laptop.ack('user:carol', 6), { acked: 6 });
     assert.equal(laptop.unread, 0);
+  });
+});
+
+function hasCommand(name) {
+  try { execFileSync('sh', ['-c', `command -v ${name}`], { stdio: 'ignore' }); return true; } catch { return false; }
+}
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => { const { port } = srv.address(); srv.close(() => resolve(port)); });
+  });
+}
+
+const noRedis = hasCommand('redis-server') && hasCommand('redis-cli') ? false : 'no redis-server/redis-cli on the PATH';
+
+describe('a range lost on the Redis broker', { skip: skip || noRedis }, () => {
+  it("surfaces the server's `lost` frame as a 'lost' event and moves the position past it", async () => {
+    const work = workDir();
+    const port = await freePort();
+    const redis = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'],
+      { stdio: 'ignore' });
+    const cli = (...args) => execFileSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' }).trim();
+    let server;
+    const c = new Switchboard('ws://unused', { ...FAST, token: mintToken(bin, 'lou') });
+    try {
+      await waitFor(() => { try { return cli('ping') === 'PONG'; } catch { return false; } }, { what: 'redis-server' });
+      server = await startSwitchboard(bin, work.dir,
+        `${BASE_CONFIG}\n[broker]\nkind = "redis"\nredis_url = "redis://127.0.0.1:${port}"\n`);
+      c.url = server.ws;
+      const got = [];
+      const lost = [];
+      c.on('lost', (f) => lost.push(f));
+      await new Promise((resolve) => { c.on('welcome', resolve); c.connect(); });
+      await c.subscribe('chat:lost', (p) => got.push(p));
+      for (let n = 1; n <= 2; n++) await apiPublish(server, 'chat:lost', { n });
+      await waitFor(() => got.length === 2, { what: 'the first 2' });
+      // Offsets 3 and 4 were assigned but never stored nor sent (what a
+      // Redis that lost them looks like): the node finds the hole when 5
+      // arrives, cannot fill it from the stream, and says so.
+      cli('hincrby', 'sb:{chat:lost}:meta', 'o', '2');
+      const five = await apiPublish(server, 'chat:lost', { n: 5 });
+      await waitFor(() => lost.length === 1 && got.length === 3, { timeout: 10_000, what: 'lost, then 5' });
+      assert.equal(lost[0].type, 'lost');
+      assert.equal(lost[0].channel, 'chat:lost');
+      assert.equal(lost[0].epoch, five.epoch);
+      assert.ok(lost[0].offset >= 4 && lost[0].offset <= 5, JSON.stringify(lost[0]));
+      assert.deepEqual(got.map((p) => p.offset), [1, 2, 5]);
+      assert.deepEqual(c.position('chat:lost'), { offset: 5, epoch: five.epoch });
+    } finally {
+      c.disconnect();
+      await server?.stop();
+      redis.kill('SIGKILL');
+      work.cleanup();
+    }
   });
 });

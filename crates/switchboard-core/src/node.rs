@@ -379,23 +379,34 @@ impl Node {
         self.hub.remove_client(client);
         self.metrics.connections.dec();
         self.uncount_connection(client).await;
-        // Presence leaves every channel in one call; the leaves follow.
-        let present: Vec<ChannelName> = channels
+        // Presence leaves every channel in one call, each with its leave
+        // push in the same step; the other channels' leaves follow.
+        let leaves: Vec<(ChannelName, Option<Bytes>)> = channels
             .iter()
             .filter(|c| {
                 self.opts.namespaces.policy(c).presence && c.personal_owner() != Some(&*client.user)
             })
-            .cloned()
+            .map(|c| {
+                let push = self
+                    .opts
+                    .namespaces
+                    .policy(c)
+                    .join_leave
+                    .then(|| frame::leave(c, &client.user, &client.id));
+                (c.clone(), push)
+            })
             .collect();
-        if !present.is_empty()
-            && let Err(e) = self.presence.remove_many(&client.id, &present).await
+        if !leaves.is_empty()
+            && let Err(e) = self
+                .presence
+                .leave_many(&client.id, &leaves, &*self.broker)
+                .await
         {
-            tracing::warn!(error = %e, "presence remove failed");
+            tracing::warn!(error = %e, "presence leave failed");
         }
         for channel in channels {
-            let presence_left = present.contains(&channel);
-            self.leave_channel_with(client, &channel, !presence_left)
-                .await;
+            let left = leaves.iter().any(|(c, _)| c == &channel);
+            self.leave_channel_with(client, &channel, !left).await;
         }
         if let Ok(personal) = ChannelName::personal(&client.user) {
             self.release_broker(&personal).await;
@@ -406,13 +417,13 @@ impl Node {
         self.leave_channel_with(client, channel, true).await;
     }
 
-    /// `remove_presence`: false when the caller already took the client out
-    /// of the channel's presence.
+    /// `announce`: false when the caller already took the client out of the
+    /// channel's presence, with its leave push.
     async fn leave_channel_with(
         &self,
         client: &ClientHandle,
         channel: &ChannelName,
-        remove_presence: bool,
+        announce: bool,
     ) {
         let Some(last) = self.hub.leave(channel, client) else {
             return;
@@ -424,7 +435,9 @@ impl Node {
         if channel.personal_owner() == Some(&*client.user) && !self.leave_personal(client) {
             return;
         }
-        self.denounce_with(client, channel, remove_presence).await;
+        if announce {
+            self.denounce(client, channel).await;
+        }
     }
 
     /// Handles one decoded command (all but `refresh`, which needs the

@@ -5,9 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Serialize;
 use switchboard_protocol::ChannelName;
+
+use crate::broker::Broker;
 
 /// One client present in a channel.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -46,6 +49,52 @@ pub trait PresenceStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Adds `entry` and announces it with `join` (its join push) to the
+    /// channel's subscribers on every node, as one step: whoever sees the
+    /// push finds the entry, and a node stopped half-way (killed, its
+    /// connection to a shared store dropped) leaves neither an entry without
+    /// its join nor a join without its entry. A shared store does it in one
+    /// command of its own; a store inside the process adds and pushes
+    /// through `broker` with nothing between the two that can stop.
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        join: Bytes,
+        broker: &dyn Broker,
+    ) -> Result<(), PresenceError>;
+
+    /// Removes `client` and, only if it was present, announces it with
+    /// `leave`, as one step (see [`PresenceStore::join`]): a client removed
+    /// twice leaves once. Whether it was present.
+    async fn leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+        leave: Bytes,
+        broker: &dyn Broker,
+    ) -> Result<bool, PresenceError>;
+
+    /// Takes `client` out of every channel of `leaves` (a disconnect), each
+    /// with its leave push when it has one, each channel as one step (see
+    /// [`PresenceStore::leave`]): one round trip for a shared store.
+    async fn leave_many(
+        &self,
+        client: &str,
+        leaves: &[(ChannelName, Option<Bytes>)],
+        broker: &dyn Broker,
+    ) -> Result<(), PresenceError> {
+        for (channel, push) in leaves {
+            match push {
+                Some(push) => {
+                    self.leave(channel, client, push.clone(), broker).await?;
+                }
+                None => self.remove(channel, client).await?,
+            }
+        }
+        Ok(())
+    }
+
     /// Counts `client` as a connection of `user` (and `user` as online).
     /// Returns `user`'s connections on every node, this one included.
     async fn add_connection(&self, user: &str, client: &str) -> Result<usize, PresenceError>;
@@ -72,8 +121,49 @@ pub struct MemoryPresence {
     users: Mutex<BTreeMap<String, BTreeSet<String>>>,
 }
 
+fn push_failed(e: impl std::fmt::Display) -> PresenceError {
+    PresenceError::Store(format!("presence push: {e}"))
+}
+
+/// Inside one process the entry and its push live and die together: the
+/// add (or removal) and the push follow each other with nothing between
+/// them that can stop (the memory broker's push does not wait).
 #[async_trait]
 impl PresenceStore for MemoryPresence {
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        join: Bytes,
+        broker: &dyn Broker,
+    ) -> Result<(), PresenceError> {
+        self.add(channel, entry).await?;
+        broker.push(channel, join).await.map_err(push_failed)
+    }
+
+    async fn leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+        leave: Bytes,
+        broker: &dyn Broker,
+    ) -> Result<bool, PresenceError> {
+        let was = {
+            let mut channels = self.channels.lock();
+            let was = channels
+                .get_mut(channel)
+                .is_some_and(|entries| entries.remove(client).is_some());
+            if channels.get(channel).is_some_and(BTreeMap::is_empty) {
+                channels.remove(channel);
+            }
+            was
+        };
+        if was {
+            broker.push(channel, leave).await.map_err(push_failed)?;
+        }
+        Ok(was)
+    }
+
     async fn add(&self, channel: &ChannelName, entry: PresenceEntry) -> Result<(), PresenceError> {
         self.channels
             .lock()

@@ -344,6 +344,15 @@ mod tests {
         .await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn memory_presence_joins_and_leaves_with_their_pushes() {
+        crate::testkit::presence::join_and_leave_carry_their_pushes(
+            Arc::new(MemoryPresence::default()),
+            Arc::new(MemoryBroker::new(Arc::new(MemoryHistory::new()))),
+        )
+        .await;
+    }
+
     #[test]
     fn memory_history_conforms() {
         history_conformance(&MemoryHistory::new());

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use redis::Value;
+use switchboard_core::history::HistoryError;
 use switchboard_core::history::{new_epoch, select};
 use switchboard_core::{BrokerError, HistoryQuery, HistoryRead, Retention};
 use switchboard_protocol::{ChannelName, Publication, StreamPosition};
 use tokio::sync::Notify;
 
+use crate::admit::Admitted;
 use crate::config::RedisOptions;
 use crate::conn::{self, Conn, Kind};
 use crate::envelope;
@@ -38,6 +40,8 @@ pub struct RedisBroker {
 
 struct Inner {
     options: RedisOptions,
+    /// Channels recently counted against `history_max_channels`.
+    admitted: Admitted,
     /// Commands (publish, history, probe): one multiplexed connection.
     conn: Conn,
     lanes: Vec<Lane>,
@@ -121,6 +125,7 @@ impl RedisBroker {
             .map_err(unavailable)?;
         let inner = Arc::new(Inner {
             options,
+            admitted: Admitted::default(),
             conn,
             lanes,
             shared,
@@ -185,6 +190,9 @@ impl RedisBroker {
         let (size, ttl) = retention_args(retention);
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
+        if inner.admitted.must_ask(channel, retention) {
+            self.admit(channel, retention).await?;
+        }
         let mut call = inner.scripts.publish.key(keys::stream(channel));
         call.key(keys::meta(channel))
             .arg(size)
@@ -197,7 +205,50 @@ impl RedisBroker {
             .arg(keys::pubsub(channel))
             .arg(conn.publish_command(Kind::Sharded));
         let (offset, epoch): (u64, String) = self.timed(call.invoke_async(&mut conn)).await?;
+        let wanted = inner.options.min_replicas;
+        if wanted > 0 {
+            // Sent after the script on the same connection: it covers it.
+            let meta = keys::meta(channel);
+            let wait = conn.wait_replicas(&meta, wanted, inner.options.replica_timeout);
+            let reached = tokio::time::timeout(
+                inner.options.replica_timeout + inner.options.response_timeout,
+                wait,
+            )
+            .await
+            .map_err(|_| unavailable(conn::timed_out("wait for replicas")))?
+            .map_err(unavailable)?;
+            if reached < wanted {
+                // Stored on the master only: a crash now would lose it, so
+                // it is not acknowledged (a retry may deliver it twice).
+                return Err(unavailable(format!(
+                    "publication reached {reached} of {wanted} replicas in time"
+                )));
+            }
+        }
         Ok(StreamPosition { offset, epoch })
+    }
+
+    /// Counts `channel` against its namespace's `history_max_channels`
+    /// across every node (see `admit`); refused past the cap.
+    async fn admit(&self, channel: &ChannelName, retention: Retention) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let mut conn = inner.conn.clone();
+        let namespace = channel.namespace();
+        let mut call = inner
+            .scripts
+            .history_admit
+            .key(keys::history_channels(namespace));
+        call.arg(channel.as_str())
+            .arg(millis(retention.ttl).max(1))
+            .arg(retention.max_channels);
+        let counted: i64 = self.timed(call.invoke_async(&mut conn)).await?;
+        if counted == 0 {
+            return Err(BrokerError::History(HistoryError::ChannelLimit(
+                namespace.to_string(),
+            )));
+        }
+        inner.admitted.admitted(channel, retention);
+        Ok(())
     }
 
     /// A non-publication push to the channel's subscribers on every node.
@@ -365,10 +416,10 @@ async fn probe(inner: Weak<Inner>) {
         let sent = inner.shared.health.now_micros();
         let calls = inner.shared.probes.iter().map(|name| {
             let mut conn = inner.conn.clone();
-            async move {
-                conn.publish(Kind::Sharded, name, envelope::probe(sent))
-                    .await
-            }
+            let mut call = inner.scripts.probe.key(name);
+            call.arg(conn.publish_command(Kind::Sharded))
+                .arg(envelope::probe(sent));
+            async move { call.invoke_async::<i64>(&mut conn).await }
         });
         let all = tokio::time::timeout(
             inner.options.response_timeout,

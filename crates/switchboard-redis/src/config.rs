@@ -70,6 +70,13 @@ pub struct RedisOptions {
     /// For `rediss://`: the CA certificate (PEM) that signs Redis's, trusted
     /// instead of the system's roots. Default: none (the system's roots).
     pub tls_root_cert: Option<Vec<u8>>,
+    /// Replicas that must hold a publication before it is acknowledged
+    /// (`WAIT` after the publish script); fewer within `replica_timeout`
+    /// answer `Unavailable` (503), never ok. Default 0: acknowledged once
+    /// the master ran it, so a master crash before it replicated can lose it.
+    pub min_replicas: usize,
+    /// How long a publish waits for `min_replicas`. Default 1 s.
+    pub replica_timeout: Duration,
 }
 
 impl RedisOptions {
@@ -85,6 +92,8 @@ impl RedisOptions {
             connect_timeout: Duration::from_secs(2),
             presence_ttl: Duration::from_secs(60),
             tls_root_cert: None,
+            min_replicas: 0,
+            replica_timeout: Duration::from_secs(1),
         }
     }
 }

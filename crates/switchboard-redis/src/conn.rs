@@ -127,6 +127,33 @@ impl Conn {
         }
     }
 
+    /// `WAIT replicas timeout` on the connection (the Cluster node) that
+    /// holds `key`: how many replicas acknowledged every write this
+    /// connection sent before it.
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: usize,
+        timeout: Duration,
+    ) -> RedisResult<usize> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        match self {
+            Conn::Single(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let v = c.route_command(cmd, routing).await?;
+                Ok(redis::from_redis_value(v)?)
+            }
+        }
+    }
+
     /// Sends `payload` on `name`.
     pub async fn publish(
         &mut self,

@@ -48,7 +48,14 @@ impl Health {
     }
 
     /// A lane lost its connection (`true`) or resubscribed everything.
+    /// A lost lane means Redis went away for the command connection too:
+    /// it counts as reachable again only once a command made it through
+    /// after this (the next probe), so `/ready` never turns 200 while the
+    /// publish path still reconnects.
     pub fn lane_down(&self, lane: usize, down: bool) {
+        if down {
+            self.reachable(false);
+        }
         if let Some(d) = self.down.lock().get_mut(lane) {
             *d = down;
         }
@@ -98,6 +105,11 @@ mod tests {
             "a lane that lost its connection is not healthy"
         );
         h.lane_down(1, false);
+        assert!(
+            !h.get().ok,
+            "the command connection is not proven back by the lane"
+        );
+        h.reachable(true);
         assert!(h.get().ok);
         h.reachable(false);
         assert!(!h.get().ok);

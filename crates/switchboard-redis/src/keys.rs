@@ -27,6 +27,12 @@ pub fn cursors(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:cursors")
 }
 
+/// A namespace's channels that keep history: sorted set channel → the
+/// expiry (ms, server time) their count lasts until (`history_max_channels`).
+pub fn history_channels(namespace: &str) -> String {
+    format!("{PREFIX}:{{history-channels:{namespace}}}")
+}
+
 /// The pub/sub channel carrying a channel's publications and pushes.
 pub fn pubsub(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:pub")

@@ -14,6 +14,7 @@
 //! - `testing` (feature `testing`): a redis-server or a 3-master Redis
 //!   Cluster on free ports, for tests.
 
+mod admit;
 mod broker;
 mod config;
 mod conn;

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::RedisResult;
 use switchboard_core::presence::PresenceError;
-use switchboard_core::{PresenceEntry, PresenceStore};
+use switchboard_core::{Broker, PresenceEntry, PresenceStore};
 use switchboard_protocol::ChannelName;
 
 use crate::config::RedisOptions;
@@ -145,6 +145,50 @@ impl RedisPresence {
             .await?
             .map_err(store_error)?;
         Ok(removed == 1)
+    }
+
+    /// Takes this node's client out of every channel of `leaves` (a
+    /// disconnect), each channel in one step with its leave push when it
+    /// has one (see [`RedisPresence::leave`]): all sent at once, one round trip.
+    pub async fn leave_many(
+        &self,
+        client: &str,
+        leaves: &[(ChannelName, Option<bytes::Bytes>)],
+    ) -> Result<(), PresenceError> {
+        {
+            let mut local = self.inner.local.lock();
+            for (c, _) in leaves {
+                forget(&mut local, c, client);
+            }
+        }
+        let calls = leaves.iter().map(|(c, push)| {
+            let mut conn = self.inner.conn.clone();
+            let scripts = &self.inner.scripts;
+            let call = match push {
+                Some(push) => {
+                    let mut call = scripts.presence_leave.key(keys::presence_entries(c));
+                    call.key(keys::presence_expiries(c))
+                        .arg(client)
+                        .arg(keys::pubsub(c))
+                        .arg(conn.publish_command(Kind::Sharded))
+                        .arg(envelope::push(push));
+                    call
+                }
+                None => {
+                    let mut call = scripts.presence_remove.key(keys::presence_entries(c));
+                    call.key(keys::presence_expiries(c)).arg(client);
+                    call
+                }
+            };
+            async move { call.invoke_async::<i64>(&mut conn).await }
+        });
+        self.inner
+            .timed(futures_util::future::join_all(calls))
+            .await?
+            .into_iter()
+            .collect::<RedisResult<Vec<_>>>()
+            .map_err(store_error)?;
+        Ok(())
     }
 
     /// Takes this node's client out of every channel in `channels` (a
@@ -399,6 +443,37 @@ impl PresenceStore for RedisPresence {
         channels: &[ChannelName],
     ) -> Result<(), PresenceError> {
         RedisPresence::remove_many(self, client, channels).await
+    }
+
+    /// The entry and its push in one script (`presence_join.lua`): the
+    /// broker's own pub/sub channel and envelope, without the broker.
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        join: bytes::Bytes,
+        _broker: &dyn Broker,
+    ) -> Result<(), PresenceError> {
+        RedisPresence::join(self, channel, entry, &join).await
+    }
+
+    async fn leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+        leave: bytes::Bytes,
+        _broker: &dyn Broker,
+    ) -> Result<bool, PresenceError> {
+        RedisPresence::leave(self, channel, client, &leave).await
+    }
+
+    async fn leave_many(
+        &self,
+        client: &str,
+        leaves: &[(ChannelName, Option<bytes::Bytes>)],
+        _broker: &dyn Broker,
+    ) -> Result<(), PresenceError> {
+        RedisPresence::leave_many(self, client, leaves).await
     }
 
     async fn add_connection(&self, user: &str, client: &str) -> Result<usize, PresenceError> {

@@ -7,6 +7,7 @@ use redis::Script;
 pub(crate) struct Scripts {
     pub publish: Script,
     pub history: Script,
+    pub history_admit: Script,
     pub presence_add: Script,
     pub presence_remove: Script,
     pub presence_get: Script,
@@ -17,6 +18,7 @@ pub(crate) struct Scripts {
     pub set_live: Script,
     pub nodes_announce: Script,
     pub nodes_live: Script,
+    pub probe: Script,
 }
 
 impl Scripts {
@@ -24,6 +26,7 @@ impl Scripts {
         Scripts {
             publish: Script::new(include_str!("lua/publish.lua")),
             history: Script::new(include_str!("lua/history.lua")),
+            history_admit: Script::new(include_str!("lua/history_admit.lua")),
             presence_add: Script::new(include_str!("lua/presence_add.lua")),
             presence_remove: Script::new(include_str!("lua/presence_remove.lua")),
             presence_get: Script::new(include_str!("lua/presence_get.lua")),
@@ -34,6 +37,7 @@ impl Scripts {
             set_live: Script::new(include_str!("lua/expiring_set_live.lua")),
             nodes_announce: Script::new(include_str!("lua/nodes_announce.lua")),
             nodes_live: Script::new(include_str!("lua/nodes_live.lua")),
+            probe: Script::new(include_str!("lua/probe.lua")),
         }
     }
 }

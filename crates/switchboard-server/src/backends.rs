@@ -211,6 +211,8 @@ fn options(cfg: &Config) -> Result<RedisOptions, String> {
     let mut o = RedisOptions::new(url, cfg.node_name.clone());
     o.stall_timeout = cfg.broker.stall_timeout.0;
     o.presence_ttl = cfg.presence.ttl.0;
+    o.min_replicas = cfg.broker.redis_min_replicas;
+    o.replica_timeout = cfg.broker.redis_replica_timeout.0;
     if !cfg.broker.redis_tls_ca_file.is_empty() {
         o.tls_root_cert = Some(std::fs::read(&cfg.broker.redis_tls_ca_file).map_err(|e| {
             format!(

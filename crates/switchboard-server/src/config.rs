@@ -329,6 +329,12 @@ pub struct BrokerConfig {
     /// For `rediss://`: a PEM file of the CA that signs Redis's certificate,
     /// trusted instead of the system's roots. Empty: the system's roots.
     pub redis_tls_ca_file: String,
+    /// Replicas that must hold a publication before it is acknowledged
+    /// (`WAIT` after the publish): 0 (default) acknowledges once the master
+    /// stored it, which a master crash before replication can lose.
+    pub redis_min_replicas: usize,
+    /// How long a publish waits for `redis_min_replicas` before it answers 503.
+    pub redis_replica_timeout: Dur,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -492,6 +498,8 @@ impl Default for BrokerConfig {
             redis_url: RedisUrls::One("redis://127.0.0.1:6379".into()),
             stall_timeout: Dur::secs(5),
             redis_tls_ca_file: String::new(),
+            redis_min_replicas: 0,
+            redis_replica_timeout: Dur::secs(1),
         }
     }
 }
@@ -944,6 +952,11 @@ impl Config {
                 "history.store: \"postgres\" works with the memory broker only in this \
                  version; with broker.kind = \"redis\" history lives in Redis (use \"memory\")"
                     .into(),
+            );
+        }
+        if self.broker.redis_min_replicas > 0 && self.broker.redis_replica_timeout.0.is_zero() {
+            errs.push(
+                "broker.redis_replica_timeout: must be above 0 with redis_min_replicas".into(),
             );
         }
         if !self.broker.redis_tls_ca_file.is_empty()

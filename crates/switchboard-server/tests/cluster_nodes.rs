@@ -48,6 +48,11 @@ fn seeds(urls: &[String]) -> String {
 /// its backoff capped at 2 s plus jitter, while publishes flow through the
 /// others), the Redis broker and short timings.
 fn node_config(redis_url: &str) -> String {
+    node_config_with(redis_url, "")
+}
+
+/// [`node_config`] with `broker` lines added to its `[broker]` table.
+fn node_config_with(redis_url: &str, broker: &str) -> String {
     format!(
         r#"{base}
 [[namespaces]]
@@ -66,6 +71,7 @@ history_ttl = "10m"
 kind = "redis"
 redis_url = {redis_url}
 stall_timeout = "{stall}s"
+{broker}
 
 [presence]
 ttl = "{ttl}s"
@@ -90,6 +96,20 @@ impl Nodes {
             .map(|(url, name)| {
                 Some(ServerProcess::start(
                     &node_config(url),
+                    &[("SWITCHBOARD_NODE_NAME", name)],
+                ))
+            })
+            .collect();
+        Nodes { nodes }
+    }
+
+    /// Three nodes on `url` with `broker` lines in their `[broker]` table.
+    fn three_with(url: &str, broker: &str) -> Nodes {
+        let nodes = NAMES
+            .iter()
+            .map(|name| {
+                Some(ServerProcess::start(
+                    &node_config_with(url, broker),
                     &[("SWITCHBOARD_NODE_NAME", name)],
                 ))
             })
@@ -882,6 +902,178 @@ async fn cluster_failover_during_publishing_delivers_every_acknowledged_publicat
     let steady = collect(steady).await;
     assert_every_subscriber_whole(&steady, &acked, last);
     drop(cluster);
+}
+
+/// With `redis_min_replicas = 1`, a publication is acknowledged only once a
+/// replica holds it: while the replica of the channel's master is frozen
+/// (SIGSTOP) publishes answer 503, never ok; and a SIGKILL of that master
+/// during continuous publishing, its replica promoted, loses nothing that
+/// was answered ok: every such publication is in history exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails today: a publish script the Cluster client retries after the master \
+            died can be stored twice (both runs so far: once a duplicate, once the first \
+            publish after ready answered 503); see ARCHITECTURE.md, Departures"]
+async fn a_master_killed_loses_no_publication_acknowledged_with_min_replicas() {
+    const CH: &str = "long:crash";
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start_with_replicas(1))
+        .await
+        .expect("cluster");
+    let nodes = Nodes::three_with(
+        &seeds(&cluster.urls()),
+        "redis_min_replicas = 1\nredis_replica_timeout = \"500ms\"",
+    );
+    let addrs = nodes.addrs();
+    for &a in &addrs {
+        ready_becomes(a, 200, Duration::from_secs(10)).await;
+    }
+    let (master, replica) = master_and_replica_of(&cluster, CH);
+    assert!(matches!(publish(addrs[0], CH, 0).await, Answer::Stored(..)));
+
+    // A replica that cannot take it: not acknowledged.
+    let pid = |port: u16| -> String {
+        cluster
+            .cli(port, &["info", "server"])
+            .lines()
+            .find_map(|l| l.strip_prefix("process_id:"))
+            .expect("process_id")
+            .trim()
+            .to_string()
+    };
+    let signal = |sig: &str, pid: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    };
+    let replica_pid = pid(replica);
+    signal("-STOP", &replica_pid);
+    let frozen = publish(addrs[1], CH, 1).await;
+    signal("-CONT", &replica_pid);
+    assert!(
+        matches!(frozen, Answer::Unavailable),
+        "acknowledged without a replica: {frozen:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !matches!(publish(addrs[2], CH, 2).await, Answer::Stored(..)) {
+        assert!(Instant::now() < deadline, "publishes not ok after SIGCONT");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The master dies mid-stream; its replica takes over.
+    let (stop_tx, stop) = watch::channel(false);
+    let publisher = publish_continuously(addrs.clone(), CH, Duration::from_millis(5), stop);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    signal("-KILL", &pid(master));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(cluster.role(replica) == "master"
+        && cluster
+            .cli(replica, &["cluster", "info"])
+            .contains("cluster_state:ok"))
+    {
+        assert!(Instant::now() < deadline, "the replica was not promoted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _ = stop_tx.send(true);
+    let answers = publisher.await.expect("publisher");
+    let acked: Vec<(u64, u64)> = answers
+        .iter()
+        .enumerate()
+        .filter_map(|(n, a)| match a {
+            Answer::Stored(offset, _) => Some((n as u64, *offset)),
+            Answer::Unavailable => None,
+        })
+        .collect();
+    assert!(
+        acked.iter().any(|(n, _)| *n as usize > answers.len() / 2),
+        "publishing went on after the promotion: {answers:?}"
+    );
+    // Every acknowledged publication (by its `n`) in history, once.
+    let mut counts = std::collections::HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let history = loop {
+        let r = api(
+            addrs[0],
+            "GET",
+            &format!("/api/history/{CH}?limit=10000"),
+            None,
+        )
+        .await;
+        if r.status == 200 {
+            break r.json();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "history: {} {}",
+            r.status,
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for p in history["publications"].as_array().expect("publications") {
+        if let Some(n) = p["data"]["n"].as_u64() {
+            *counts.entry(n).or_insert(0u32) += 1;
+        }
+    }
+    let missing: Vec<u64> = acked
+        .iter()
+        .filter(|(n, _)| !counts.contains_key(n))
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(missing.is_empty(), "acknowledged, then lost: {missing:?}");
+    let twice: Vec<u64> = acked
+        .iter()
+        .filter(|(n, _)| counts.get(n).is_some_and(|c| *c > 1))
+        .map(|(n, _)| *n)
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "acknowledged publications stored twice: {twice:?}"
+    );
+    eprintln!(
+        "{} publishes: {} ok, {} answered 503",
+        answers.len(),
+        acked.len(),
+        answers.len() - acked.len()
+    );
+    drop(cluster);
+}
+
+/// The ports of the master that holds `channel`'s keys (their hash tag is
+/// the channel) and of its replica.
+fn master_and_replica_of(cluster: &RedisCluster, channel: &str) -> (u16, u16) {
+    let any = cluster.ports()[0];
+    let slot: u16 = cluster
+        .cli(any, &["cluster", "keyslot", channel])
+        .trim()
+        .parse()
+        .expect("keyslot");
+    let nodes = cluster.cli(any, &["cluster", "nodes"]);
+    let rows: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
+    let holds = |row: &Vec<&str>| {
+        row.iter().skip(8).any(|range| {
+            let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+            matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&slot))
+        })
+    };
+    let master = rows
+        .iter()
+        .find(|r| r.len() > 8 && r[2].contains("master") && holds(r))
+        .expect("the slot's master");
+    let replica = rows
+        .iter()
+        .find(|r| r.len() > 3 && r[2].contains("slave") && r[3] == master[0])
+        .expect("its replica");
+    let port = |row: &Vec<&str>| -> u16 {
+        row[1]
+            .split(['@', ':'])
+            .nth(1)
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    };
+    (port(master), port(replica))
 }
 
 /// `CLUSTER FAILOVER` on the replica of the master that holds `channel`'s

@@ -64,59 +64,103 @@ impl Node {
         });
     }
 
+    /// This node's presence entry for `client`.
+    pub(super) fn presence_entry(&self, client: &ClientHandle) -> PresenceEntry {
+        PresenceEntry {
+            user: client.user.to_string(),
+            client: client.id.to_string(),
+            info: client
+                .claims()
+                .info
+                .as_deref()
+                .and_then(|i| serde_json::from_str(i).ok())
+                .unwrap_or(serde_json::Value::Null),
+            node: self.opts.name.clone(),
+        }
+    }
+
     /// Adds presence and pushes the join of `client` in `channel`, as the
-    /// namespace says.
-    async fn announce(&self, client: &ClientHandle, channel: &ChannelName) {
+    /// namespace says: both in one step when both are on
+    /// ([`crate::PresenceStore::join`]). Whether a join push went out
+    /// (possibly, for a store that failed half-way: then its leave is pushed
+    /// at once, only if the join went out).
+    pub(super) async fn announce(&self, client: &ClientHandle, channel: &ChannelName) -> bool {
         let policy = self.opts.namespaces.policy(channel);
         let claims = client.claims();
-        if policy.presence {
-            let entry = PresenceEntry {
-                user: client.user.to_string(),
-                client: client.id.to_string(),
-                info: claims
-                    .info
-                    .as_deref()
-                    .and_then(|i| serde_json::from_str(i).ok())
-                    .unwrap_or(serde_json::Value::Null),
-                node: self.opts.name.clone(),
-            };
-            if let Err(e) = self.presence.add(channel, entry).await {
-                tracing::warn!(error = %e, "presence add failed");
+        let join = || frame::join(channel, &client.user, &client.id, claims.info.as_deref());
+        match (policy.presence, policy.join_leave) {
+            (true, true) => {
+                let entry = self.presence_entry(client);
+                match self
+                    .presence
+                    .join(channel, entry, join(), &*self.broker)
+                    .await
+                {
+                    Ok(()) => true,
+                    Err(e) => {
+                        // It may have happened before the failure: undone
+                        // the same way, its leave pushed only if it did.
+                        tracing::warn!(error = %e, "presence join failed");
+                        let leave = frame::leave(channel, &client.user, &client.id);
+                        if let Err(e) = self
+                            .presence
+                            .leave(channel, &client.id, leave, &*self.broker)
+                            .await
+                        {
+                            tracing::warn!(error = %e, "presence leave failed");
+                        }
+                        false
+                    }
+                }
             }
-        }
-        if policy.join_leave {
-            let push = frame::join(channel, &client.user, &client.id, claims.info.as_deref());
-            if let Err(e) = self.broker.push(channel, push).await {
-                tracing::warn!(error = %e, "join push failed");
+            (true, false) => {
+                if let Err(e) = self
+                    .presence
+                    .add(channel, self.presence_entry(client))
+                    .await
+                {
+                    tracing::warn!(error = %e, "presence add failed");
+                }
+                false
             }
+            (false, true) => match self.broker.push(channel, join()).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "join push failed");
+                    false
+                }
+            },
+            (false, false) => false,
         }
     }
 
     /// Removes presence and pushes the leave of `client` from `channel`, as
-    /// the namespace says.
+    /// the namespace says: both in one step when both are on, the leave
+    /// then pushed only if the client was present.
     pub(super) async fn denounce(&self, client: &ClientHandle, channel: &ChannelName) {
-        self.denounce_with(client, channel, true).await;
-    }
-
-    /// `remove_presence`: false when the caller already removed it.
-    pub(super) async fn denounce_with(
-        &self,
-        client: &ClientHandle,
-        channel: &ChannelName,
-        remove_presence: bool,
-    ) {
         let policy = self.opts.namespaces.policy(channel);
-        if policy.presence
-            && remove_presence
-            && let Err(e) = self.presence.remove(channel, &client.id).await
-        {
-            tracing::warn!(error = %e, "presence remove failed");
-        }
-        if policy.join_leave {
-            let push = frame::leave(channel, &client.user, &client.id);
-            if let Err(e) = self.broker.push(channel, push).await {
-                tracing::warn!(error = %e, "leave push failed");
+        let leave = || frame::leave(channel, &client.user, &client.id);
+        match (policy.presence, policy.join_leave) {
+            (true, true) => {
+                if let Err(e) = self
+                    .presence
+                    .leave(channel, &client.id, leave(), &*self.broker)
+                    .await
+                {
+                    tracing::warn!(error = %e, "presence leave failed");
+                }
             }
+            (true, false) => {
+                if let Err(e) = self.presence.remove(channel, &client.id).await {
+                    tracing::warn!(error = %e, "presence remove failed");
+                }
+            }
+            (false, true) => {
+                if let Err(e) = self.broker.push(channel, leave()).await {
+                    tracing::warn!(error = %e, "leave push failed");
+                }
+            }
+            (false, false) => {}
         }
     }
 

@@ -18,7 +18,6 @@ use crate::cursor::Cursor;
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryQuery, HistoryRead, Retention};
 use crate::hub::{Begin, BroadcastOutcome, StreamKey};
-use crate::presence::PresenceEntry;
 use crate::subscription::{Gap, Joined};
 
 /// How long a channel's stream holds a publication that came early before
@@ -225,18 +224,10 @@ impl Node {
             self.metrics.subscriptions.inc();
         }
         let policy = ns.policy(channel);
-        if policy.presence && !already {
-            let entry = PresenceEntry {
-                user: client.user.to_string(),
-                client: client.id.to_string(),
-                info: client
-                    .claims()
-                    .info
-                    .as_deref()
-                    .and_then(|i| serde_json::from_str(i).ok())
-                    .unwrap_or(serde_json::Value::Null),
-                node: self.opts.name.clone(),
-            };
+        // With join/leave on, the entry goes in with its join push, in one
+        // step, once the subscriber is live (below).
+        if policy.presence && !policy.join_leave && !already {
+            let entry = self.presence_entry(client);
             if let Err(e) = self.presence.add(channel, entry).await {
                 tracing::warn!(error = %e, "presence add failed");
                 self.abandon(client, channel, false).await;
@@ -263,12 +254,9 @@ impl Node {
         if !already {
             let mut join_sent = false;
             if policy.join_leave && !client.is_removed() {
-                let claims = client.claims();
-                let push = frame::join(channel, &client.user, &client.id, claims.info.as_deref());
-                match self.broker.push(channel, push).await {
-                    Ok(()) => join_sent = true,
-                    Err(e) => tracing::warn!(error = %e, "join push failed"),
-                }
+                // The reply is out: a failure leaves the client subscribed,
+                // unannounced.
+                join_sent = self.announce(client, channel).await;
             }
             let confirmed = client.subscriptions.lock().confirm(&client.user, channel);
             if !confirmed {
@@ -290,16 +278,10 @@ impl Node {
             self.release_broker(channel).await;
         }
         let policy = self.opts.namespaces.policy(channel);
-        if policy.presence
-            && let Err(e) = self.presence.remove(channel, &client.id).await
-        {
-            tracing::warn!(error = %e, "presence remove failed");
-        }
-        if join_sent {
-            let push = frame::leave(channel, &client.user, &client.id);
-            if let Err(e) = self.broker.push(channel, push).await {
-                tracing::warn!(error = %e, "leave push failed");
-            }
+        // With presence on, the store knows whether the join went out (its
+        // leave is pushed only then); without, `join_sent` says it.
+        if policy.presence || join_sent {
+            self.denounce(client, channel).await;
         }
     }
 

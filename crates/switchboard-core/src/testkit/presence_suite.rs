@@ -179,3 +179,114 @@ pub async fn concurrent_adds_and_removes_settle(store: Arc<dyn PresenceStore>) {
         .collect();
     assert_eq!(clients, want);
 }
+
+/// Records the join and leave pushes a broker hands its node.
+#[derive(Default)]
+struct Pushes(parking_lot::Mutex<Vec<(String, String)>>);
+
+impl crate::broker::BrokerEvents for Pushes {
+    fn on_publication(&self, _publication: Arc<switchboard_protocol::Publication>) {}
+    fn on_push(&self, _channel: &ChannelName, frame: bytes::Bytes) {
+        let v: serde_json::Value = serde_json::from_slice(&frame).expect("push is JSON");
+        let kind = v["type"].as_str().unwrap_or_default().to_string();
+        let client = v["client"].as_str().unwrap_or_default().to_string();
+        self.0.lock().push((client, kind));
+    }
+    fn on_control(&self, _message: crate::broker::ControlMessage) {}
+    fn on_resync(&self) {}
+}
+
+/// `join` and `leave` put the entry and its push in one step: clients
+/// joining and leaving one channel at once (a caller may cut the store's
+/// connections meanwhile, so that steps fail half-way), each doing what the
+/// node does on a failure (a failed join is undone with a leave, a failed
+/// leave is tried again). Once everything has arrived, a client is present
+/// exactly when its last push is a join, and its pushes alternate join,
+/// leave, starting with a join. Two separate steps (add, then push) fail it
+/// as soon as a connection drops between them.
+///
+/// `broker` must be fresh (this binds it) and deliver the store's pushes.
+pub async fn join_and_leave_carry_their_pushes(
+    store: Arc<dyn PresenceStore>,
+    broker: Arc<dyn crate::Broker>,
+) {
+    use switchboard_protocol::frame;
+    let ch = channel("announce");
+    let pushes = Arc::new(Pushes::default());
+    broker.bind(pushes.clone());
+    broker.subscribe(&ch).await.expect("subscribe");
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let (store, broker, ch) = (store.clone(), broker.clone(), ch.clone());
+            tokio::spawn(async move {
+                let (user, client) = (format!("u{i}"), format!("c-{i:03}"));
+                let leave = || async {
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                    while let Err(e) = store
+                        .leave(&ch, &client, frame::leave(&ch, &user, &client), &*broker)
+                        .await
+                    {
+                        assert!(std::time::Instant::now() < deadline, "leave: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                };
+                for round in 0..12 {
+                    let join = frame::join(&ch, &user, &client, None);
+                    if store
+                        .join(&ch, entry(&user, &client), join, &*broker)
+                        .await
+                        .is_err()
+                    {
+                        leave().await;
+                        continue;
+                    }
+                    tokio::task::yield_now().await;
+                    if round == 11 && i % 2 == 0 {
+                        break; // stays
+                    }
+                    leave().await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("task");
+    }
+    // Pushes travel after their step: wait for them to agree.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let present: std::collections::BTreeSet<String> = match store.get(&ch).await {
+            Ok(entries) => entries.into_iter().map(|e| e.client).collect(),
+            Err(_) => Default::default(),
+        };
+        let (announced, order_ok) = {
+            let seen = pushes.0.lock();
+            let mut last: std::collections::BTreeMap<&str, &str> = Default::default();
+            let mut order_ok = Ok(());
+            for (client, kind) in seen.iter() {
+                let before = last.insert(client, kind).unwrap_or("leave");
+                if before == kind.as_str() && order_ok.is_ok() {
+                    order_ok = Err(format!("{client}: {kind} after {before}"));
+                }
+            }
+            let announced: std::collections::BTreeSet<String> = last
+                .into_iter()
+                .filter(|(_, k)| *k == "join")
+                .map(|(c, _)| c.to_string())
+                .collect();
+            (announced, order_ok)
+        };
+        if let Err(e) = order_ok {
+            panic!("pushes out of step: {e}");
+        }
+        if present == announced {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "present {present:?} but announced {announced:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = broker.unsubscribe(&ch).await;
+}

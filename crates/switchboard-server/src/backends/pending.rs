@@ -208,6 +208,35 @@ impl PresenceStore for LazyPresence {
         self.0.presence()?.remove_many(client, channels).await
     }
 
+    async fn join(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        join: Bytes,
+        broker: &dyn Broker,
+    ) -> Result<(), PresenceError> {
+        PresenceStore::join(self.0.presence()?, channel, entry, join, broker).await
+    }
+
+    async fn leave(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+        leave: Bytes,
+        broker: &dyn Broker,
+    ) -> Result<bool, PresenceError> {
+        PresenceStore::leave(self.0.presence()?, channel, client, leave, broker).await
+    }
+
+    async fn leave_many(
+        &self,
+        client: &str,
+        leaves: &[(ChannelName, Option<Bytes>)],
+        broker: &dyn Broker,
+    ) -> Result<(), PresenceError> {
+        PresenceStore::leave_many(self.0.presence()?, client, leaves, broker).await
+    }
+
     async fn add_connection(&self, user: &str, client: &str) -> Result<usize, PresenceError> {
         self.0.presence()?.add_connection(user, client).await
     }
