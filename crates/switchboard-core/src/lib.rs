@@ -11,6 +11,7 @@
 //!   publications, joining subscribers): ordering, duplicates, gap filling
 //!   and `lost`, once for every broker.
 //! - [`history`]: the [`HistoryStore`] role and [`MemoryHistory`].
+//! - [`idempotency`]: keyed publishes answered once per window.
 //! - [`presence`]: the [`PresenceStore`] role and [`MemoryPresence`].
 //! - [`metrics`]: every metric the node exports.
 //! - [`disconnect`]: why a client is closed, as a value.
@@ -20,6 +21,7 @@ pub mod client;
 pub mod disconnect;
 pub mod history;
 pub mod hub;
+pub mod idempotency;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
@@ -33,11 +35,13 @@ pub use history::{
     HistoryError, HistoryQuery, HistoryRead, HistoryStore, MemoryHistory, Retention, Sweep, Swept,
 };
 pub use hub::Hub;
+pub use idempotency::{Idempotency, StoredKey};
 pub use metrics::Metrics;
 pub use namespace::{NamespacePolicy, Namespaces, SubscribeRule};
 pub use node::{CommandError, Node, NodeOptions};
 pub use presence::{MemoryPresence, PresenceEntry, PresenceStore};
 pub use switchboard_protocol as protocol;
+pub use switchboard_protocol::IdempotencyKey;
 pub mod file_history;
 pub use file_history::{FileHistory, SyncMode};
 #[cfg(any(test, feature = "testkit"))]

@@ -6,7 +6,7 @@
 //! that stored it). Channel names cannot contain `{` or `}` (PROTOCOL §7), so
 //! the tag is exactly the channel.
 
-use switchboard_protocol::ChannelName;
+use switchboard_protocol::{ChannelName, IdempotencyKey};
 
 /// Prefix of every key, so Switchboard can share a Redis with others.
 const PREFIX: &str = "sb";
@@ -19,6 +19,13 @@ pub fn stream(channel: &ChannelName) -> String {
 /// A channel's meta hash: `e` epoch, `o` last offset.
 pub fn meta(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:meta")
+}
+
+/// An idempotency key of a channel: `"<offset> <epoch>"` of its first
+/// publish, expiring with the window. The key follows the channel's hash tag,
+/// so the first `{`…`}` is still the channel's.
+pub fn idempotency(channel: &ChannelName, key: &IdempotencyKey) -> String {
+    format!("{PREFIX}:{{{channel}}}:idem:{key}")
 }
 
 /// The pub/sub channel carrying a channel's publications and pushes.
@@ -78,6 +85,7 @@ mod tests {
             pubsub(&c),
             presence_entries(&c),
             presence_expiries(&c),
+            idempotency(&c, &IdempotencyKey::parse("{x} y").expect("valid")),
         ] {
             assert!(key.contains("{chat:lobby}"), "{key}");
         }

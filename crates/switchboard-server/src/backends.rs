@@ -106,7 +106,10 @@ impl Backends {
     pub async fn build(cfg: &Config) -> Result<Backends, String> {
         match cfg.broker.kind {
             BrokerKind::Memory => Ok(Backends {
-                broker: Arc::new(MemoryBroker::new(history(cfg)?)),
+                broker: Arc::new(MemoryBroker::with_max_keys(
+                    history(cfg)?,
+                    cfg.api.idempotency_max_keys,
+                )),
                 presence: Arc::new(MemoryPresence::default()),
                 nodes: None,
                 connect_later: None,
