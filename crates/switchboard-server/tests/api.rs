@@ -107,7 +107,7 @@ async fn an_idempotency_key_answers_the_first_result_and_publishes_nothing() {
     }
     assert_eq!(offsets, [json!(1), json!(2), json!(3)]);
     assert!(
-        a.quiet_for(Duration::from_millis(300)).await,
+        a.quiet_for(std::time::Duration::from_millis(300)).await,
         "no duplicate"
     );
     // Bad keys: 400 bad_request, nothing published.
