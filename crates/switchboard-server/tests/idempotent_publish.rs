@@ -123,7 +123,6 @@ async fn retried_publishes_survive_a_kill_and_restart_with_the_file_store() {
     let headers = [("Authorization", auth.as_str())];
     let send = |addr: SocketAddr, k: u64| {
         let b = body(k, &keys[k as usize - 1]);
-        let headers = headers;
         async move { http(addr, "POST", "/api/publish", &headers, Some(&b)).await }
     };
     let mut first = Vec::new();
