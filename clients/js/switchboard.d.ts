@@ -212,7 +212,12 @@ export class Switchboard {
     options?: { since?: StreamPosition },
   ): Promise<SubscribeResult>;
   unsubscribe(channel: string): Promise<void>;
-  publish(channel: string, data: unknown): Promise<PublishResult>;
+  /** With `idempotencyKey`, a retry within the server's window answers the first result. */
+  publish(
+    channel: string,
+    data: unknown,
+    options?: { idempotencyKey?: string },
+  ): Promise<PublishResult>;
   presence(channel: string): Promise<PresenceResult>;
   history(channel: string, options?: { since?: StreamPosition; limit?: number }): Promise<HistoryResult>;
   refresh(token: string): Promise<unknown>;

@@ -654,12 +654,19 @@ export class Switchboard {
   }
 
   /**
-   * Publishes to a channel.
+   * Publishes to a channel. With `idempotencyKey` (1–128 printable ASCII characters), a
+   * publish retried with the same key within the server's `idempotency_window` answers the
+   * first result and publishes nothing, so retrying after a lost reply is safe.
    * @param {string} channel
    * @param {*} data
+   * @param {{idempotencyKey?: string}} [options]
    * @returns {Promise<{offset: number, epoch: string}>}
    */
-  publish(channel, data) { return this._command('publish', { channel, data }); }
+  publish(channel, data, { idempotencyKey } = {}) {
+    const fields = { channel, data };
+    if (idempotencyKey !== undefined) fields.idempotency_key = idempotencyKey;
+    return this._command('publish', fields);
+  }
 
   /**
    * @param {string} channel

@@ -23,7 +23,7 @@ fn check(text: &str) {
             // Anything accepted is a JSON object.
             assert!(is_json(text), "accepted a frame that is not JSON: {text:?}");
             match &cmd.op {
-                Op::Publish { channel, data } => {
+                Op::Publish { channel, data, .. } => {
                     check_channel(channel);
                     assert!(is_json(data), "publish data is not JSON text: {data:?}");
                     // The pub frame built from it is JSON and carries the data verbatim.

@@ -18,6 +18,7 @@ use switchboard_protocol::{ChannelName, Publication, StreamPosition};
 use crate::history::{
     HistoryError, HistoryQuery, HistoryRead, HistoryStore, Retention, Sweep, Swept,
 };
+use crate::idempotency::{Claim, Idempotency, KeyTable};
 
 /// What a broker hands a node. Calls for one channel may come out of order,
 /// duplicated, or with gaps: the node's per-channel state drops duplicates,
@@ -82,12 +83,18 @@ pub trait Broker: Send + Sync + 'static {
     /// Assigns the next offset, stores as `retention` says, and hands the
     /// publication to every subscribed node. Answers only once it is stored;
     /// `Unavailable` when it cannot, never an acknowledgement followed by a loss.
+    ///
+    /// With `idempotency`, the key is claimed in the same step as the offset:
+    /// the same key on the same channel within the window answers the first
+    /// publish's position and publishes nothing, however many duplicates
+    /// arrive at once (on every node the broker serves).
     async fn publish(
         &self,
         channel: &ChannelName,
         data: Bytes,
         from: Option<Arc<str>>,
         retention: Retention,
+        idempotency: Option<&Idempotency>,
     ) -> Result<StreamPosition, BrokerError>;
 
     /// A non-publication push to the channel's subscribers on every node.
@@ -149,6 +156,8 @@ pub(crate) fn blocking<T>(step: impl FnOnce() -> T) -> T {
 /// `lost` on a channel with no history to fill from.
 pub struct MemoryBroker {
     history: Arc<dyn HistoryStore>,
+    /// Idempotency keys, claimed before the store assigns the offset.
+    keys: Arc<KeyTable>,
     events: OnceLock<Arc<dyn BrokerEvents>>,
     hasher: RandomState,
     /// Held only across a non-blocking append and its hand-off (no await,
@@ -166,8 +175,22 @@ impl std::fmt::Debug for MemoryBroker {
 
 impl MemoryBroker {
     pub fn new(history: Arc<dyn HistoryStore>) -> Self {
+        Self::with_max_keys(history, KeyTable::DEFAULT_MAX_KEYS)
+    }
+
+    /// Remembers at most about `max_keys` idempotency keys (the oldest go
+    /// first past it), starting with those the store kept across a restart.
+    pub fn with_max_keys(history: Arc<dyn HistoryStore>, max_keys: usize) -> Self {
+        let keys = KeyTable::new(max_keys);
+        match history.stored_keys() {
+            Ok(stored) => keys.restore(stored),
+            Err(e) => {
+                tracing::error!(error = %e, "idempotency keys of the history store not read; retries of earlier publishes publish again")
+            }
+        }
         MemoryBroker {
             history,
+            keys,
             events: OnceLock::new(),
             hasher: RandomState::new(),
             order: (0..ORDER_SHARDS).map(|_| Mutex::new(())).collect(),
@@ -201,10 +224,23 @@ impl Broker for MemoryBroker {
         data: Bytes,
         from: Option<Arc<str>>,
         retention: Retention,
+        idempotency: Option<&Idempotency>,
     ) -> Result<StreamPosition, BrokerError> {
         let events = self.events()?;
-        let append = || self.history.append(channel, data, from, retention);
-        let publication = if self.history.blocks() {
+        let claim = match idempotency {
+            None => None,
+            Some(idem) => match self.keys.claim(channel, idem).await {
+                Claim::Done(position) => return Ok(position),
+                Claim::Mine(claim) => Some(claim),
+            },
+        };
+        let key = idempotency.map(|i| &i.key);
+        let append = || {
+            self.history
+                .append_keyed(channel, data, from, retention, key)
+        };
+        let blocks = self.history.blocks();
+        let publication = if blocks {
             // The store answers once the publication is durable (its fsync
             // is shared with concurrent appends); no lock is held meanwhile.
             blocking(append)?
@@ -213,10 +249,15 @@ impl Broker for MemoryBroker {
             let _order = self.order[shard].lock();
             let publication = append()?;
             events.on_publication(publication.clone());
-            return Ok(position(&publication));
+            publication
         };
         let position = position(&publication);
-        events.on_publication(publication);
+        if let Some(claim) = claim {
+            claim.done(&position);
+        }
+        if blocks {
+            events.on_publication(publication);
+        }
         Ok(position)
     }
 

@@ -25,6 +25,11 @@
 //! # What is on disk
 //! - `channels`: channel → (epoch, latest offset).
 //! - `publications`: (channel, offset) → (unix ms when stored, from, data).
+//! - `keys`: (channel, offset) → idempotency key of that publication, written
+//!   in its transaction and trimmed with it; read back at start
+//!   ([`HistoryStore::stored_keys`]) so a retry after a restart (kill -9
+//!   included) still answers the first result while the publication is kept.
+//!   Created on first use, so files written before it open unchanged.
 //! - `meta`: file format, and whether a batch-mode writer has it open.
 //! - `cursors`: (channel, device) → (epoch, offset, expiry, last advance):
 //!   inbox cursors (`file_history/cursors.rs`), each advance its own fsync'd
@@ -53,12 +58,13 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     TableDefinition, TableHandle, WriteTransaction,
 };
-use switchboard_protocol::{ChannelName, Publication};
+use switchboard_protocol::{ChannelName, IdempotencyKey, Publication, StreamPosition};
 
 use crate::history::{
     ChannelCounts, HistoryError, HistoryQuery, HistoryRead, HistoryStore, Retention, Sweep, Swept,
     new_epoch, select,
 };
+use crate::idempotency::StoredKey;
 
 /// When an append is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,6 +99,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// (channel, device) → (epoch, offset, expires at unix ms, advanced at unix ms).
 const CURSORS: TableDefinition<(&str, &str), (&str, u64, u64, u64)> =
     TableDefinition::new("cursors");
+/// (channel, offset) → the idempotency key it was published with.
+const KEYS: TableDefinition<PubKey, &str> = TableDefinition::new("keys");
 
 const FORMAT_KEY: &str = "format";
 const FORMAT: u64 = 1;
@@ -450,6 +458,44 @@ impl Inner {
         Ok(())
     }
 
+    /// Every idempotency key whose publication is still stored.
+    fn stored_keys(&self) -> Result<Vec<StoredKey>, HistoryError> {
+        let tx = tryx!(self.db.begin_read(), "reading keys");
+        let keys = match tx.open_table(KEYS) {
+            Ok(keys) => keys,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(HistoryError::Store(format!("reading keys: {e}"))),
+        };
+        let pubs = tryx!(tx.open_table(PUBLICATIONS), "reading keys");
+        let channels = tryx!(tx.open_table(CHANNELS), "reading keys");
+        let mut out = Vec::new();
+        for row in tryx!(keys.iter(), "reading keys") {
+            let (at, key) = tryx!(row, "reading keys");
+            let (name, offset) = at.value();
+            let Some(stored) = tryx!(pubs.get((name, offset)), "reading keys") else {
+                continue;
+            };
+            let Some(chan) = tryx!(channels.get(name), "reading keys") else {
+                continue;
+            };
+            let (Ok(channel), Ok(key)) =
+                (ChannelName::parse(name), IdempotencyKey::parse(key.value()))
+            else {
+                continue;
+            };
+            out.push(StoredKey {
+                channel,
+                key,
+                position: StreamPosition {
+                    offset,
+                    epoch: chan.value().0.to_string(),
+                },
+                stored_at: UNIX_EPOCH + Duration::from_millis(stored.value().0),
+            });
+        }
+        Ok(out)
+    }
+
     /// Rows in the file: (channels, publications).
     fn rows(&self) -> Result<(u64, u64), HistoryError> {
         let tx = tryx!(self.db.begin_read(), "counting rows");
@@ -571,6 +617,7 @@ impl Inner {
         data: Bytes,
         from: Option<Arc<str>>,
         retention: Retention,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Arc<Publication>, HistoryError> {
         let slot = self.slot(channel);
         let mut slot = slot.lock();
@@ -595,7 +642,13 @@ impl Inner {
             self.counts
                 .try_add(channel.namespace(), retention.max_channels)?;
         }
-        let written = self.write_append(channel, chan, next, &data, from.as_deref(), retention);
+        let written = self.write_append(
+            channel,
+            chan,
+            next,
+            (&data, from.as_deref(), key),
+            retention,
+        );
         if new_row && written.is_err() {
             self.counts.remove(channel.namespace());
         }
@@ -615,8 +668,7 @@ impl Inner {
         channel: &ChannelName,
         chan: &mut Chan,
         next: u64,
-        data: &[u8],
-        from: Option<&str>,
+        (data, from, key): (&[u8], Option<&str>, Option<&IdempotencyKey>),
         retention: Retention,
     ) -> Result<(), HistoryError> {
         let name = channel.as_str();
@@ -625,10 +677,14 @@ impl Inner {
         let (tx, unsynced) = self.begin_append(&mut w)?;
         let first = {
             let mut pubs = tryx!(tx.open_table(PUBLICATIONS), "appending");
+            let mut keys = tryx!(tx.open_table(KEYS), "appending");
             if !retention.keeps_nothing() {
                 tryx!(pubs.insert((name, next), (now, from, data)), "appending");
+                if let Some(key) = key {
+                    tryx!(keys.insert((name, next), key.as_str()), "appending");
+                }
             }
-            let first = trim(&mut pubs, name, chan.first, next, retention, now)?;
+            let first = trim(&mut pubs, &mut keys, name, chan.first, next, retention, now)?;
             let mut channels = tryx!(tx.open_table(CHANNELS), "appending");
             tryx!(channels.insert(name, (&*chan.epoch, next)), "appending");
             first
@@ -718,6 +774,7 @@ impl Inner {
 /// up to `last`); returns the new lower bound of stored offsets.
 fn trim(
     pubs: &mut Table<PubKey, PubValue>,
+    keys: &mut Table<PubKey, &str>,
     name: &str,
     first: u64,
     last: u64,
@@ -744,6 +801,10 @@ fn trim(
             pubs.retain_in((name, first)..(name, keep_from), |_, _| false),
             "trimming"
         );
+        tryx!(
+            keys.retain_in((name, first)..(name, keep_from), |_, _| false),
+            "trimming"
+        );
     }
     Ok(keep_from)
 }
@@ -761,7 +822,22 @@ impl HistoryStore for FileHistory {
         from: Option<Arc<str>>,
         retention: Retention,
     ) -> Result<Arc<Publication>, HistoryError> {
-        self.inner.append(channel, data, from, retention)
+        self.inner.append(channel, data, from, retention, None)
+    }
+
+    fn append_keyed(
+        &self,
+        channel: &ChannelName,
+        data: Bytes,
+        from: Option<Arc<str>>,
+        retention: Retention,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Arc<Publication>, HistoryError> {
+        self.inner.append(channel, data, from, retention, key)
+    }
+
+    fn stored_keys(&self) -> Result<Vec<StoredKey>, HistoryError> {
+        self.inner.stored_keys()
     }
 
     fn read(
@@ -835,6 +911,42 @@ mod tests {
             let r = h.read(&c, &since(3, &before.epoch), KEEP).expect("read");
             assert!(r.recovered);
             assert_eq!(r.publications.len(), 3);
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_survive_a_restart_while_their_publication_is_kept() {
+        for sync in [SyncMode::Always, SyncMode::batch()] {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("history.db");
+            let c = ch("chat:a");
+            let key = |k: &str| IdempotencyKey::parse(k).expect("valid");
+            let epoch = {
+                let h = FileHistory::open(&path, sync).expect("open");
+                let p = h
+                    .append_keyed(&c, Bytes::from_static(b"1"), None, KEEP, Some(&key("k1")))
+                    .expect("append");
+                h.append_keyed(&c, Bytes::from_static(b"2"), None, KEEP, Some(&key("k2")))
+                    .expect("append");
+                p.epoch.to_string()
+            };
+            let h = FileHistory::open(&path, sync).expect("reopen");
+            let mut keys = h.stored_keys().expect("keys");
+            keys.sort_by_key(|k| k.position.offset);
+            let got: Vec<_> = keys
+                .iter()
+                .map(|k| (k.key.as_str(), k.position.offset, k.position.epoch.as_str()))
+                .collect();
+            assert_eq!(got, [("k1", 1, &*epoch), ("k2", 2, &*epoch)], "{sync:?}");
+            // Trimmed with their publications (KEEP holds 3).
+            append(&h, &c, 3);
+            let left: Vec<_> = h
+                .stored_keys()
+                .expect("keys")
+                .iter()
+                .map(|k| k.key.to_string())
+                .collect();
+            assert!(left.is_empty(), "{left:?}");
         }
     }
 

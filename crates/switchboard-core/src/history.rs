@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use switchboard_protocol::{ChannelName, Publication, StreamPosition};
+use switchboard_protocol::{ChannelName, IdempotencyKey, Publication, StreamPosition};
+
+use crate::idempotency::StoredKey;
 use tokio::time::Instant;
 
 /// How much of a channel's stream is kept.
@@ -157,6 +159,29 @@ pub trait HistoryStore: Send + Sync + 'static {
         from: Option<Arc<str>>,
         retention: Retention,
     ) -> Result<Arc<Publication>, HistoryError>;
+
+    /// [`append`](Self::append) for a publish with an idempotency key. A
+    /// store whose publications survive a restart keeps `key` with the
+    /// publication, in the same write, and hands it back from
+    /// [`stored_keys`](Self::stored_keys); others ignore it (the broker
+    /// remembers keys in memory).
+    fn append_keyed(
+        &self,
+        channel: &ChannelName,
+        data: Bytes,
+        from: Option<Arc<str>>,
+        retention: Retention,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Arc<Publication>, HistoryError> {
+        let _ = key;
+        self.append(channel, data, from, retention)
+    }
+
+    /// The keys kept by [`append_keyed`](Self::append_keyed) with
+    /// publications still stored, read once when the broker starts.
+    fn stored_keys(&self) -> Result<Vec<StoredKey>, HistoryError> {
+        Ok(Vec::new())
+    }
 
     /// Reads stored publications as `query` says.
     fn read(

@@ -13,6 +13,7 @@
 //! - [`history`]: the [`HistoryStore`] role and [`MemoryHistory`].
 //! - [`cursor`]: the [`CursorStore`] role (per-device inbox acks) and
 //!   [`MemoryCursors`].
+//! - [`idempotency`]: keyed publishes answered once per window.
 //! - [`presence`]: the [`PresenceStore`] role and [`MemoryPresence`].
 //! - [`metrics`]: every metric the node exports.
 //! - [`disconnect`]: why a client is closed, as a value.
@@ -23,6 +24,7 @@ pub mod cursor;
 pub mod disconnect;
 pub mod history;
 pub mod hub;
+pub mod idempotency;
 pub mod metrics;
 pub mod namespace;
 pub mod node;
@@ -41,11 +43,13 @@ pub use history::{
     new_epoch, select,
 };
 pub use hub::Hub;
+pub use idempotency::{Idempotency, StoredKey};
 pub use metrics::Metrics;
 pub use namespace::{NamespacePolicy, Namespaces, SubscribeRule};
 pub use node::{CommandError, Node, NodeOptions};
 pub use presence::{MemoryPresence, PresenceEntry, PresenceStore};
 pub use switchboard_protocol as protocol;
+pub use switchboard_protocol::IdempotencyKey;
 pub mod file_history;
 pub use file_history::{FileHistory, SyncMode};
 #[cfg(any(test, feature = "testkit"))]

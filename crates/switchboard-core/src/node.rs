@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use switchboard_protocol::frame::{self, ErrorCode};
-use switchboard_protocol::{ChannelName, Op, Publication, StreamPosition};
+use switchboard_protocol::{ChannelName, IdempotencyKey, Op, Publication, StreamPosition};
 use tokio::time::Instant;
 
 use crate::broker::{Broker, BrokerError, BrokerEvents, ControlMessage};
@@ -17,6 +17,7 @@ use crate::cursor::{CursorStore, MemoryCursors};
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryError, HistoryQuery, HistoryRead, Sweep};
 use crate::hub::{AddError, Hub};
+use crate::idempotency::Idempotency;
 use crate::metrics::{CodeLabel, Metrics};
 use crate::namespace::Namespaces;
 use crate::presence::{PresenceEntry, PresenceStore};
@@ -50,6 +51,8 @@ pub struct NodeOptions {
     pub ping_timeout: Duration,
     /// Extra time a token is honoured past its `exp`.
     pub leeway: Duration,
+    /// How long an `idempotency_key` answers with its first publish's result.
+    pub idempotency_window: Duration,
 }
 
 impl Default for NodeOptions {
@@ -64,6 +67,7 @@ impl Default for NodeOptions {
             ping_interval: Duration::from_secs(30),
             ping_timeout: Duration::from_secs(10),
             leeway: Duration::from_secs(5),
+            idempotency_window: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -457,8 +461,17 @@ impl Node {
                 }
                 Ok(Bytes::from_static(b"{}"))
             }
-            Op::Publish { channel, data } => self
-                .client_publish(client, &channel, Bytes::from(data.into_boxed_bytes()))
+            Op::Publish {
+                channel,
+                data,
+                idempotency_key,
+            } => self
+                .client_publish(
+                    client,
+                    &channel,
+                    Bytes::from(data.into_boxed_bytes()),
+                    idempotency_key,
+                )
                 .await
                 .and_then(|pos| json(&pos)),
             Op::Presence { channel } => self.client_presence(client, &channel).await,
@@ -502,6 +515,7 @@ impl Node {
         client: &ClientHandle,
         channel: &ChannelName,
         data: Bytes,
+        key: Option<IdempotencyKey>,
     ) -> Result<StreamPosition, CommandError> {
         if !self
             .opts
@@ -510,18 +524,29 @@ impl Node {
         {
             return Err(CommandError::forbidden());
         }
-        self.publish(channel, data, Some(client.user.clone())).await
+        self.publish(channel, data, Some(client.user.clone()), key)
+            .await
     }
 
-    /// Publishes to `channel`: stored, then delivered on every node.
+    /// Publishes to `channel`: stored, then delivered on every node. With a
+    /// `key`, a repeat within `idempotency_window` answers the first
+    /// publish's position and publishes nothing.
     pub async fn publish(
         &self,
         channel: &ChannelName,
         data: Bytes,
         from: Option<Arc<str>>,
+        key: Option<IdempotencyKey>,
     ) -> Result<StreamPosition, CommandError> {
         let retention = self.opts.namespaces.policy(channel).retention();
-        let pos = self.broker.publish(channel, data, from, retention).await?;
+        let idempotency = key.map(|key| Idempotency {
+            key,
+            window: self.opts.idempotency_window,
+        });
+        let pos = self
+            .broker
+            .publish(channel, data, from, retention, idempotency.as_ref())
+            .await?;
         if !retention.keeps_nothing() {
             self.metrics.publications_stored.inc();
         }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::channel::{ChannelName, ChannelNameError};
+use crate::idempotency::IdempotencyKey;
 
 /// A position in a channel's stream: the `since` of `subscribe` and `history`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,6 +40,9 @@ pub enum Op {
     Publish {
         channel: ChannelName,
         data: Box<str>,
+        /// A retry with the same key within the window answers the first
+        /// publish's result and publishes nothing.
+        idempotency_key: Option<IdempotencyKey>,
     },
     Presence {
         channel: ChannelName,
@@ -96,6 +100,7 @@ struct RawCommand<'a> {
     token: Option<&'a RawValue>,
     #[serde(borrow, default)]
     offset: Option<&'a RawValue>,
+    idempotency_key: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -242,6 +247,13 @@ pub fn decode_command(text: &str) -> Result<Command, CommandError> {
                     });
                 }
             },
+            idempotency_key: match field::<String>(raw.idempotency_key, "idempotency_key", id)? {
+                None => None,
+                Some(k) => Some(IdempotencyKey::parse(&k).map_err(|e| CommandError {
+                    id,
+                    message: e.to_string(),
+                })?),
+            },
         },
         "presence" => Op::Presence {
             channel: channel(raw.channel, id)?,
@@ -300,6 +312,27 @@ mod tests {
         match c.op {
             Op::Publish { data, .. } => assert_eq!(&*data, r#"{"a": [1, 2]}"#),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn publish_takes_an_optional_idempotency_key() {
+        let c =
+            decode_command(r#"{"op":"publish","channel":"c","data":1,"idempotency_key":"k-1"}"#)
+                .expect("valid");
+        match c.op {
+            Op::Publish {
+                idempotency_key, ..
+            } => assert_eq!(idempotency_key.as_ref().map(|k| k.as_str()), Some("k-1")),
+            other => panic!("unexpected {other:?}"),
+        }
+        for bad in [r#""""#, "5", r#""tab\there""#] {
+            let text = format!(
+                r#"{{"op":"publish","id":4,"channel":"c","data":1,"idempotency_key":{bad}}}"#
+            );
+            let e = decode_command(&text).expect_err(bad);
+            assert_eq!(e.id, Some(4));
+            assert!(e.message.contains("idempotency_key"), "{}", e.message);
         }
     }
 

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use redis::Value;
 use switchboard_core::history::HistoryError;
 use switchboard_core::history::{new_epoch, select};
-use switchboard_core::{BrokerError, HistoryQuery, HistoryRead, Retention};
+use switchboard_core::{BrokerError, HistoryQuery, HistoryRead, Idempotency, Retention};
 use switchboard_protocol::{ChannelName, Publication, StreamPosition};
 use tokio::sync::Notify;
 
@@ -68,6 +68,9 @@ impl Drop for RedisBroker {
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> BrokerError {
     BrokerError::Unavailable(e.to_string())
 }
+
+/// Redis refuses expiries past about 2^63 ms; no window needs more than a year.
+const MAX_WINDOW_MS: u64 = 366 * 24 * 3600 * 1000;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -187,6 +190,21 @@ impl RedisBroker {
         from: Option<Arc<str>>,
         retention: Retention,
     ) -> Result<StreamPosition, BrokerError> {
+        self.publish_once(channel, data, from, retention, None)
+            .await
+    }
+
+    /// [`publish`](Self::publish) with an idempotency key, claimed in the
+    /// same script as the offset, so duplicates on any node publish once: a
+    /// key seen within its window answers the first position.
+    pub async fn publish_once(
+        &self,
+        channel: &ChannelName,
+        data: Bytes,
+        from: Option<Arc<str>>,
+        retention: Retention,
+        idempotency: Option<&Idempotency>,
+    ) -> Result<StreamPosition, BrokerError> {
         let (size, ttl) = retention_args(retention);
         let inner = &self.inner;
         let mut conn = inner.conn.clone();
@@ -204,6 +222,10 @@ impl RedisBroker {
             .arg(&data[..])
             .arg(keys::pubsub(channel))
             .arg(conn.publish_command(Kind::Sharded));
+        if let Some(idem) = idempotency {
+            call.key(keys::idempotency(channel, &idem.key))
+                .arg(millis(idem.window).clamp(1, MAX_WINDOW_MS));
+        }
         let (offset, epoch): (u64, String) = self.timed(call.invoke_async(&mut conn)).await?;
         let wanted = inner.options.min_replicas;
         if wanted > 0 {
@@ -327,8 +349,9 @@ impl Broker for RedisBroker {
         data: Bytes,
         from: Option<Arc<str>>,
         retention: Retention,
+        idempotency: Option<&Idempotency>,
     ) -> Result<StreamPosition, BrokerError> {
-        RedisBroker::publish(self, channel, data, from, retention).await
+        RedisBroker::publish_once(self, channel, data, from, retention, idempotency).await
     }
 
     async fn push(&self, channel: &ChannelName, frame: Bytes) -> Result<(), BrokerError> {

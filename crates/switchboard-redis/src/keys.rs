@@ -6,7 +6,7 @@
 //! that stored it). Channel names cannot contain `{` or `}` (PROTOCOL §7), so
 //! the tag is exactly the channel.
 
-use switchboard_protocol::ChannelName;
+use switchboard_protocol::{ChannelName, IdempotencyKey};
 
 /// Prefix of every key, so Switchboard can share a Redis with others.
 const PREFIX: &str = "sb";
@@ -31,6 +31,13 @@ pub fn cursors(channel: &ChannelName) -> String {
 /// expiry (ms, server time) their count lasts until (`history_max_channels`).
 pub fn history_channels(namespace: &str) -> String {
     format!("{PREFIX}:{{history-channels:{namespace}}}")
+}
+
+/// An idempotency key of a channel: `"<offset> <epoch>"` of its first
+/// publish, expiring with the window. The key follows the channel's hash tag,
+/// so the first `{`…`}` is still the channel's.
+pub fn idempotency(channel: &ChannelName, key: &IdempotencyKey) -> String {
+    format!("{PREFIX}:{{{channel}}}:idem:{key}")
 }
 
 /// The pub/sub channel carrying a channel's publications and pushes.
@@ -90,6 +97,7 @@ mod tests {
             pubsub(&c),
             presence_entries(&c),
             presence_expiries(&c),
+            idempotency(&c, &IdempotencyKey::parse("{x} y").expect("valid")),
         ] {
             assert!(key.contains("{chat:lobby}"), "{key}");
         }

@@ -113,7 +113,10 @@ impl Backends {
             BrokerKind::Memory => {
                 let (history, cursors) = history(cfg)?;
                 Ok(Backends {
-                    broker: Arc::new(MemoryBroker::new(history)),
+                    broker: Arc::new(MemoryBroker::with_max_keys(
+                        history,
+                        cfg.api.idempotency_max_keys,
+                    )),
                     presence: Arc::new(MemoryPresence::default()),
                     cursors,
                     nodes: None,

@@ -232,6 +232,11 @@ pub struct ApiConfig {
     /// `/api/*` requests served at once; past it `503` + `Retry-After`
     /// (operations endpoints are not counted).
     pub max_concurrent_requests: usize,
+    /// How long an `idempotency_key` answers with its first publish's result.
+    pub idempotency_window: Dur,
+    /// Keys one node remembers with the memory broker (the oldest are
+    /// forgotten early past it); Redis keeps its own, each for the window.
+    pub idempotency_max_keys: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -463,6 +468,8 @@ impl Default for ApiConfig {
             // What fits the default send queue with a `pub` frame around it.
             max_body_bytes: (1 << 20) - PUB_ENVELOPE_BYTES,
             max_concurrent_requests: 128,
+            idempotency_window: Dur::secs(24 * 3600),
+            idempotency_max_keys: switchboard_core::idempotency::KeyTable::DEFAULT_MAX_KEYS,
         }
     }
 }
@@ -731,6 +738,12 @@ impl Config {
         }
         if self.api.max_concurrent_requests == 0 {
             errs.push("api.max_concurrent_requests: must be above 0".into());
+        }
+        if self.api.idempotency_window.0.is_zero() {
+            errs.push("api.idempotency_window: must be above 0".into());
+        }
+        if self.api.idempotency_max_keys == 0 {
+            errs.push("api.idempotency_max_keys: must be above 0".into());
         }
         for (i, o) in self.ws.allowed_origins.iter().enumerate() {
             if let Err(e) = crate::http::origin::check_pattern(o) {

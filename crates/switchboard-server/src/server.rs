@@ -45,6 +45,7 @@ pub async fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> 
         ping_interval: cfg.ws.ping_interval.0,
         ping_timeout: cfg.ws.ping_timeout.0,
         leeway: cfg.auth.leeway.0,
+        idempotency_window: cfg.api.idempotency_window.0,
     };
     let backends = Backends::build(&cfg).await?;
     let node = Node::with_cursors(

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 #[tokio::test]
 async fn api_calls_need_the_key() {
@@ -56,34 +56,74 @@ async fn malformed_bodies_get_400_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn an_idempotency_key_is_accepted_on_publish_and_broadcast() {
-    // PROTOCOL §5 lets a caller send one (the SDKs do by default); it is not
-    // honoured yet, but must not turn the call into a 400.
+async fn an_idempotency_key_answers_the_first_result_and_publishes_nothing() {
     let s = TestServer::start(config()).await;
-    let r = s
-        .http(
-            "POST",
-            "/api/publish",
-            Some(r#"{"channel": "chat:k", "data": 1, "idempotency_key": "k1"}"#),
-        )
-        .await;
-    assert_eq!(r.status, 200, "{}", r.body);
+    let mut a = s.client("alice").await;
+    a.subscribe("chat:k").await;
+    let publish = |key: &str| {
+        let body = json!({"channel": "chat:k", "data": {"key": key}, "idempotency_key": key});
+        let s = &s;
+        async move {
+            let r = s
+                .http("POST", "/api/publish", Some(&body.to_string()))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            r.json()
+        }
+    };
+    let first = publish("k1").await;
+    assert_eq!(
+        publish("k1").await,
+        first,
+        "the same key answers the first result"
+    );
+    assert_eq!(publish("k2").await["offset"], 2);
+    // Broadcast: per channel; a retry publishes only where the key is new.
     let r = s
         .http(
             "POST",
             "/api/broadcast",
-            Some(r#"{"channels": ["chat:k"], "data": 2, "idempotency_key": "k2"}"#),
+            Some(r#"{"channels": ["chat:k", "chat:other"], "data": 3, "idempotency_key": "k1"}"#),
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    let r = s
-        .http(
-            "POST",
-            "/api/publish",
-            Some(r#"{"channel": "chat:k", "data": 1, "idempotency_key": 5}"#),
-        )
-        .await;
-    assert_eq!(r.status, 400, "a key is a string");
+    let results = r.json()["results"].clone();
+    assert_eq!(results[0]["offset"], first["offset"], "{results}");
+    assert_eq!(results[1]["offset"], 1, "{results}");
+    // A client publish with a key, retried.
+    let pub_k = |id: u64| json!({"op": "publish", "id": id, "channel": "chat:k", "data": 4, "idempotency_key": "c1"});
+    let (r1, mut seen) = a.call_keep(pub_k(0)).await;
+    let (r2, more) = a.call_keep(pub_k(0)).await;
+    assert_eq!(r1["result"], r2["result"], "{r1} {r2}");
+    assert_eq!(r1["result"]["offset"], 3);
+    seen.extend(more);
+    let mut offsets: Vec<Value> = seen
+        .into_iter()
+        .filter(|v| v["type"] == "pub")
+        .map(|v| v["offset"].clone())
+        .collect();
+    while offsets.len() < 3 {
+        offsets.push(a.recv_type("pub").await["offset"].clone());
+    }
+    assert_eq!(offsets, [json!(1), json!(2), json!(3)]);
+    assert!(
+        a.quiet_for(std::time::Duration::from_millis(300)).await,
+        "no duplicate"
+    );
+    // Bad keys: 400 bad_request, nothing published.
+    for bad in [
+        "5",
+        r#""""#,
+        &format!(r#""{}""#, "x".repeat(129)),
+        r#""tab\there""#,
+    ] {
+        let body = format!(r#"{{"channel": "chat:k", "data": 1, "idempotency_key": {bad}}}"#);
+        let r = s.http("POST", "/api/publish", Some(&body)).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.body);
+        assert_eq!(r.error_code(), "bad_request");
+    }
+    let h = s.http("GET", "/api/history/chat:k", None).await;
+    assert_eq!(h.json()["offset"], 3, "nothing more was published");
 }
 
 #[tokio::test]

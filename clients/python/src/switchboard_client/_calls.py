@@ -49,6 +49,9 @@ def _key(idempotency_key: str | None, auto: bool) -> str | None:
     if idempotency_key is not None:
         if not idempotency_key:
             raise ValueError("idempotency_key must not be empty")
+        # The server's rule (ARCHITECTURE.md "Departures"): 1-128 printable ASCII.
+        if len(idempotency_key) > 128 or not all(" " <= c <= "~" for c in idempotency_key):
+            raise ValueError("idempotency_key must be at most 128 printable ASCII characters")
         return idempotency_key
     return new_idempotency_key() if auto else None
 

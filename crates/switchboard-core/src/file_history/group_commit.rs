@@ -8,15 +8,17 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use switchboard_protocol::{ChannelName, Publication};
+use switchboard_protocol::{ChannelName, IdempotencyKey, Publication};
 
-use super::{CHANNELS, Inner, PUBLICATIONS, Slot, SyncMode, trim};
+use super::{CHANNELS, Inner, KEYS, PUBLICATIONS, Slot, SyncMode, trim};
 use crate::history::{HistoryError, Retention};
 
 /// An append queued for the next group commit.
 pub(super) struct Record {
     slot: Slot,
     publication: Arc<Publication>,
+    /// Written with the publication, in its transaction.
+    key: Option<IdempotencyKey>,
     retention: Retention,
     /// Lowest stored offset of its channel when it was queued.
     first: u64,
@@ -44,9 +46,10 @@ impl Inner {
         data: Bytes,
         from: Option<Arc<str>>,
         retention: Retention,
+        key: Option<&IdempotencyKey>,
     ) -> Result<Arc<Publication>, HistoryError> {
         if matches!(self.sync, SyncMode::Batch { .. }) {
-            return self.append_each(channel, data, from, retention);
+            return self.append_each(channel, data, from, retention, key);
         }
         let slot = self.slot(channel);
         let done = Arc::new(OnceLock::new());
@@ -81,6 +84,7 @@ impl Inner {
             self.group.lock().pending.push(Record {
                 slot: slot.clone(),
                 publication: publication.clone(),
+                key: key.cloned(),
                 retention,
                 first: chan.first,
                 at_ms: self.now_ms(),
@@ -180,6 +184,7 @@ impl Inner {
         let mut channels: HashMap<&ChannelName, (usize, u64)> = HashMap::new();
         {
             let mut pubs = tryx!(tx.open_table(PUBLICATIONS), "appending");
+            let mut keys = tryx!(tx.open_table(KEYS), "appending");
             for (i, r) in batch.iter().enumerate() {
                 let p = &r.publication;
                 if !r.retention.keeps_nothing() {
@@ -190,6 +195,12 @@ impl Inner {
                         ),
                         "appending"
                     );
+                    if let Some(key) = &r.key {
+                        tryx!(
+                            keys.insert((p.channel.as_str(), p.offset), key.as_str()),
+                            "appending"
+                        );
+                    }
                 }
                 channels
                     .entry(&p.channel)
@@ -202,7 +213,15 @@ impl Inner {
                 let r = &batch[*last];
                 let p = &r.publication;
                 let name = p.channel.as_str();
-                *first = trim(&mut pubs, name, *first, p.offset, r.retention, now)?;
+                *first = trim(
+                    &mut pubs,
+                    &mut keys,
+                    name,
+                    *first,
+                    p.offset,
+                    r.retention,
+                    now,
+                )?;
                 tryx!(rows.insert(name, (&*p.epoch, p.offset)), "appending");
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use redb::{ReadableDatabase, ReadableTable};
 use switchboard_protocol::ChannelName;
 
-use super::{CHANNELS, Inner, PUBLICATIONS, SHARDS, Slot, trim, ttl_ms};
+use super::{CHANNELS, Inner, KEYS, PUBLICATIONS, SHARDS, Slot, trim, ttl_ms};
 use crate::history::{HistoryError, Retention, Sweep, Swept};
 
 /// Channels a sweep writes in one transaction: what an append may wait for.
@@ -113,6 +113,7 @@ impl Inner {
         let mut forgotten = Vec::new();
         {
             let mut pubs = tryx!(tx.open_table(PUBLICATIONS), "sweeping");
+            let mut keys = tryx!(tx.open_table(KEYS), "sweeping");
             let mut channels = tryx!(tx.open_table(CHANNELS), "sweeping");
             for (i, ((name, last, retention), chan)) in held.iter_mut().enumerate() {
                 let key = name.as_str();
@@ -122,7 +123,7 @@ impl Inner {
                     Some(entry) => tryx!(entry, "sweeping").0.value().1,
                     None => last + 1,
                 };
-                let keep_from = trim(&mut pubs, key, lowest, last, *retention, now_ms)?;
+                let keep_from = trim(&mut pubs, &mut keys, key, lowest, last, *retention, now_ms)?;
                 changed |= lowest < keep_from;
                 if let Some(c) = chan.as_mut() {
                     c.first = keep_from;

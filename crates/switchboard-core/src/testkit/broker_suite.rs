@@ -20,12 +20,13 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use serde_json::Value;
-use switchboard_protocol::{ChannelName, Op, Publication, StreamPosition};
+use switchboard_protocol::{ChannelName, IdempotencyKey, Op, Publication, StreamPosition};
 
 use crate::broker::{Broker, BrokerError, BrokerEvents, BrokerHealth, ControlMessage};
 use crate::client::{ClientHandle, ClientInit, Out};
 use crate::disconnect::Disconnect;
 use crate::history::{HistoryQuery, HistoryRead, Retention, Sweep, Swept};
+use crate::idempotency::Idempotency;
 use crate::namespace::{NamespacePolicy, Namespaces};
 use crate::node::{Node, NodeOptions};
 use crate::presence::MemoryPresence;
@@ -159,8 +160,11 @@ impl Broker for Tapped {
         data: Bytes,
         from: Option<Arc<str>>,
         retention: Retention,
+        idempotency: Option<&Idempotency>,
     ) -> Result<StreamPosition, BrokerError> {
-        self.inner.publish(channel, data, from, retention).await
+        self.inner
+            .publish(channel, data, from, retention, idempotency)
+            .await
     }
     async fn push(&self, channel: &ChannelName, frame: Bytes) -> Result<(), BrokerError> {
         self.tap.delay().await;
@@ -225,7 +229,7 @@ impl Rig {
 
     pub async fn publish(&self, channel: &ChannelName, n: u64) -> StreamPosition {
         self.node
-            .publish(channel, Bytes::from(format!("{{\"n\":{n}}}")), None)
+            .publish(channel, Bytes::from(format!("{{\"n\":{n}}}")), None, None)
             .await
             .expect("publish")
     }
@@ -314,6 +318,98 @@ where
     a_resync_delivers_what_the_broker_dropped(make().await).await;
     pushes_reach_subscribers(make().await).await;
     control_messages_reach_the_node(make().await).await;
+    an_idempotency_key_publishes_once(make().await).await;
+}
+
+/// Many tasks publishing the same key to one channel at once: one
+/// publication, every answer the same. Different keys, or the same key on
+/// another channel, publish each; past its window a key publishes again.
+pub async fn an_idempotency_key_publishes_once(broker: Arc<dyn Broker>) {
+    let rig = Rig::new(broker);
+    let ch = channel(NAMESPACE, "idempotent");
+    let retention = namespaces().policy(&ch).retention();
+    let idem = |key: &str, window| Idempotency {
+        key: IdempotencyKey::parse(key).expect("valid key"),
+        window,
+    };
+    let window = Duration::from_secs(600);
+    let publish_all = |keys: Vec<Idempotency>, ch: ChannelName| {
+        let tasks: Vec<_> = keys
+            .into_iter()
+            .enumerate()
+            .map(|(i, idem)| {
+                let (broker, ch) = (rig.broker.clone(), ch.clone());
+                tokio::spawn(async move {
+                    let data = Bytes::from(format!("{{\"try\":{i}}}"));
+                    broker
+                        .publish(&ch, data, None, retention, Some(&idem))
+                        .await
+                        .expect("publish")
+                })
+            })
+            .collect();
+        async move {
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.expect("publisher"));
+            }
+            answers
+        }
+    };
+    let answers = publish_all(vec![idem("same", window); 32], ch.clone()).await;
+    assert!(
+        answers.iter().all(|a| *a == answers[0]),
+        "every duplicate answers the first result: {answers:?}"
+    );
+    let first = answers[0].clone();
+    assert_eq!(first.offset, 1);
+    let stored = |rig: &Rig, ch: ChannelName, epoch: String| {
+        let node = rig.node.clone();
+        async move {
+            let read = node
+                .history(&ch, HistoryQuery::since(0, &epoch))
+                .await
+                .expect("history");
+            assert!(read.recovered);
+            read.publications
+                .iter()
+                .map(|p| p.offset)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(stored(&rig, ch.clone(), first.epoch.clone()).await, [1]);
+
+    let keys = (0..8).map(|i| idem(&format!("k{i}"), window)).collect();
+    let mut offsets: Vec<u64> = publish_all(keys, ch.clone())
+        .await
+        .iter()
+        .map(|a| a.offset)
+        .collect();
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (2..=9).collect::<Vec<_>>(),
+        "different keys never collide"
+    );
+    let other = channel(NAMESPACE, "idempotent-other");
+    let there = publish_all(vec![idem("same", window)], other.clone()).await;
+    assert_eq!(there[0].offset, 1, "a key is per channel");
+    let again = publish_all(vec![idem("same", window)], ch.clone()).await;
+    assert_eq!(again[0], first, "still the first answer");
+    assert_eq!(
+        stored(&rig, ch.clone(), first.epoch.clone()).await,
+        (1..=9).collect::<Vec<_>>()
+    );
+
+    let brief = Duration::from_millis(200);
+    let before = publish_all(vec![idem("brief", brief)], ch.clone()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = publish_all(vec![idem("brief", brief)], ch.clone()).await;
+    assert_eq!(
+        after[0].offset,
+        before[0].offset + 1,
+        "the window has passed"
+    );
 }
 
 /// Offsets start at 1 and add one; what is acknowledged is stored.

@@ -5,6 +5,17 @@
 -- ARGV[3] meta ttl ms, ARGV[4] a fresh epoch in case the channel has none,
 -- ARGV[5] sender ('' with ARGV[6] = '0' when none), ARGV[7] data (JSON text),
 -- ARGV[8] pub/sub channel, ARGV[9] 'publish' or 'spublish'
+-- With an idempotency key: KEYS[3] the key's name (same hash tag), ARGV[10]
+-- its window in ms. A key seen within its window answers the first
+-- publication's offset and epoch, and nothing is published; otherwise it is
+-- claimed here, with the offset, so concurrent duplicates publish once.
+if KEYS[3] then
+  local seen = redis.call('get', KEYS[3])
+  if seen then
+    local space = string.find(seen, ' ', 1, true)
+    return {tonumber(string.sub(seen, 1, space - 1)), string.sub(seen, space + 1)}
+  end
+end
 local size = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local epoch = redis.call('hget', KEYS[2], 'e')
@@ -31,4 +42,7 @@ else
   redis.call('del', KEYS[1])
 end
 redis.call(ARGV[9], ARGV[8], 'p' .. offset .. ' ' .. epoch .. ' ' .. from .. ' ' .. ARGV[7])
+if KEYS[3] then
+  redis.call('set', KEYS[3], offset .. ' ' .. epoch, 'PX', ARGV[10])
+end
 return {offset, epoch}

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use switchboard_core::history::{HistoryQuery, HistoryRead, Retention};
+use switchboard_core::idempotency::Idempotency;
 use switchboard_core::presence::PresenceError;
 use switchboard_core::{
     Broker, BrokerError, BrokerEvents, BrokerHealth, ControlMessage, PresenceEntry, PresenceStore,
@@ -149,10 +150,11 @@ impl Broker for LazyBroker {
         data: Bytes,
         from: Option<Arc<str>>,
         retention: Retention,
+        idempotency: Option<&Idempotency>,
     ) -> Result<StreamPosition, BrokerError> {
         self.0
             .broker()?
-            .publish(channel, data, from, retention)
+            .publish_once(channel, data, from, retention, idempotency)
             .await
     }
 

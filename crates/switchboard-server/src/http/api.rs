@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use switchboard_core::node::history_result;
 use switchboard_core::{CommandError, Disconnect, HistoryQuery};
-use switchboard_protocol::{ChannelName, ErrorCode, StreamPosition};
+use switchboard_protocol::{ChannelName, ErrorCode, IdempotencyKey, StreamPosition};
 
 use super::{SharedState, error, json_response, unavailable};
 use crate::auth::api_key_matches;
@@ -143,11 +143,17 @@ pub(super) fn command_error(e: CommandError) -> Response {
 pub struct PublishBody {
     channel: String,
     data: Box<RawValue>,
-    /// Accepted as PROTOCOL §5 allows it, so SDKs can send it today; not
-    /// honoured yet (no deduplication window on this node).
+    /// A retry with the same key within `[api] idempotency_window` answers
+    /// the first call's position and publishes nothing.
     #[serde(default)]
-    #[allow(dead_code)]
     idempotency_key: Option<String>,
+}
+
+/// The body's `idempotency_key`, validated (`400 bad_request` otherwise).
+fn idempotency_key(key: Option<&str>) -> Result<Option<IdempotencyKey>, Response> {
+    key.map(IdempotencyKey::parse)
+        .transpose()
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
 }
 
 fn raw_bytes(v: Box<RawValue>) -> Result<Bytes, Response> {
@@ -175,11 +181,15 @@ pub async fn publish(State(st): State<SharedState>, req: Request) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
+    let key = match idempotency_key(body.idempotency_key.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
     let data = match raw_bytes(body.data) {
         Ok(d) => d,
         Err(r) => return r,
     };
-    match st.node.publish(&channel, data, None).await {
+    match st.node.publish(&channel, data, None, key).await {
         Ok(pos) => json_response(StatusCode::OK, position_json(&pos).to_string()),
         Err(e) => command_error(e),
     }
@@ -190,10 +200,9 @@ pub async fn publish(State(st): State<SharedState>, req: Request) -> Response {
 pub struct BroadcastBody {
     channels: Vec<String>,
     data: Box<RawValue>,
-    /// Accepted as PROTOCOL §5 allows it, so SDKs can send it today; not
-    /// honoured yet (no deduplication window on this node).
+    /// Applies to each channel on its own: a retry publishes only to the
+    /// channels the key has not been published to within the window.
     #[serde(default)]
-    #[allow(dead_code)]
     idempotency_key: Option<String>,
 }
 
@@ -214,6 +223,10 @@ pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response 
             Err(r) => return r,
         }
     }
+    let key = match idempotency_key(body.idempotency_key.as_deref()) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
     let data = match raw_bytes(body.data) {
         Ok(d) => d,
         Err(r) => return r,
@@ -221,7 +234,11 @@ pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response 
     let mut results = Vec::with_capacity(channels.len());
     let mut failed: Vec<CommandError> = Vec::new();
     for channel in channels {
-        match st.node.publish(&channel, data.clone(), None).await {
+        match st
+            .node
+            .publish(&channel, data.clone(), None, key.clone())
+            .await
+        {
             Ok(pos) => results.push(serde_json::json!({
                 "channel": channel.as_str(), "offset": pos.offset, "epoch": pos.epoch
             })),

@@ -62,6 +62,7 @@ async fn text_chat(
         Op::Publish {
             channel: channel.clone(),
             data: data.into_boxed_str(),
+            idempotency_key: None,
         },
     )
     .await;
