@@ -6,6 +6,7 @@
 //! - [`auth`]: token sources, JWT verification, the API key.
 //! - [`http`]: the router: `/ws` (checks before the upgrade), `/api/*`, operations.
 //! - [`transport`]: one WebSocket client's read and write loop.
+//! - [`sse`]: `GET /sse`, server-sent events for networks that block WebSockets.
 //! - [`backends`]: the broker and presence store the config names (memory or Redis).
 //! - [`server`]: builds the node, accepts connections, shuts down gracefully.
 //! - [`fds`]: file-descriptor limit and count.
@@ -18,4 +19,5 @@ pub mod fds;
 pub mod http;
 pub mod secret;
 pub mod server;
+pub mod sse;
 pub mod transport;
