@@ -159,6 +159,25 @@ export interface SwitchboardOptions {
   device?: string | null;
   /** Ack each inbox publication once its handler returned (or its promise resolved). Default true. */
   autoAck?: boolean;
+  /**
+   * When the WebSocket cannot open (closed before its welcome), fall back to server-sent
+   * events on `/sse`: receive only (publish, presence, history, ping and refresh reject
+   * with code `read_only`), with the same recovery. Default true.
+   */
+  sse?: boolean;
+  /** The `/sse` URL; default: `url` with `ws(s):` → `http(s):` and `/ws` → `/sse`. */
+  sseUrl?: string;
+  /** fetch implementation for the event stream; defaults to `globalThis.fetch`. */
+  fetch?: typeof fetch;
+}
+
+export type Transport = 'websocket' | 'sse';
+
+/** Third argument of the `state` event: which transport the client uses. */
+export interface StateInfo {
+  transport: Transport;
+  /** True over server-sent events: publish through your backend. */
+  readOnly: boolean;
 }
 
 export interface SwitchboardEvents {
@@ -170,7 +189,9 @@ export interface SwitchboardEvents {
   /** A range of a subscribed channel that will never arrive (see LostFrame). */
   lost: (frame: LostFrame) => void;
   disconnect: (ev: DisconnectEvent) => void;
-  state: (state: State, previous: State) => void;
+  state: (state: State, previous: State, info: StateInfo) => void;
+  /** What came before `offset` in `epoch` and was not delivered cannot be (server-sent events). */
+  lost: (frame: LostFrame) => void;
   error: (err: Error) => void;
   /** A subscribe (or a resubscribe after a reconnect) succeeded. */
   subscribed: (ev: SubscribeResult & { channel: string }) => void;
@@ -183,6 +204,10 @@ export class Switchboard {
 
   readonly url: string;
   readonly state: State;
+  /** The transport of the current (or last) connection. */
+  readonly transport: Transport;
+  /** True while connected over server-sent events (receive only). */
+  readonly readOnly: boolean;
   /** From the latest welcome. */
   client: string | null;
   user: string | null;

@@ -4,6 +4,13 @@
 // Browsers (and Node 22+) use the global WebSocket; on Node 20 pass one in:
 //   import WebSocket from 'ws';
 //   new Switchboard(url, { token, WebSocket });
+//
+// When the WebSocket cannot open (a proxy or network that blocks it), the client falls
+// back to server-sent events on `/sse` (option `sse`, default on): read-only, it receives
+// the same publications with the same recovery, and publish/presence/history/ping/refresh
+// reject with code `read_only`. The `state` event says which transport is in use.
+
+import { parseEventId, readEventStream, renderEventId, sseUrlFor } from './sse.js';
 
 /**
  * @typedef {{ offset: number, epoch: string }} StreamPosition
@@ -41,6 +48,13 @@
  * @property {boolean} [autoAck]            ack each inbox publication once its handler returned (or
  *                                          its promise resolved) without throwing (default true);
  *                                          false: call `pub.ack()` / `ack()` yourself
+ * @property {boolean} [sse]                fall back to server-sent events (read-only) when the
+ *                                          WebSocket cannot open (default true)
+ * @property {string} [sseUrl]              the `/sse` URL (default: `url` with `/ws` → `/sse`)
+ * @property {typeof fetch} [fetch]         fetch implementation for SSE (default: globalThis.fetch)
+ *
+ * @typedef {'websocket'|'sse'} Transport
+ * @typedef {{ transport: Transport, readOnly: boolean }} StateInfo  third argument of `state`
  *
  * @typedef {object} InboxState  the welcome's `inbox` object, kept current by the client
  * @property {string} channel
@@ -109,6 +123,7 @@ export class Switchboard {
       maxReconnectDelay: options.maxReconnectDelay ?? 20_000,
       heartbeat: options.heartbeat ?? true,
       autoAck: options.autoAck ?? true,
+      sse: options.sse ?? true,
     };
     const device = options.device === undefined ? storedDevice() : options.device;
     if (device != null && !DEVICE_RE.test(device)) {
@@ -116,6 +131,14 @@ export class Switchboard {
     }
     /** @type {string|null} */ this.device = device ?? null;
     /** @type {InboxState|null} */ this.inbox = null;
+    this._fetch = options.fetch ?? globalThis.fetch;
+    this._sseUrl = options.sseUrl ?? null;
+    /** @type {Transport} */ this._transport = 'websocket';
+    this._preferSse = false;    // the last WebSocket could not open: try SSE next
+    this._welcomed = false;     // the current WebSocket got its welcome
+    this._wsOpened = false;     // the current WebSocket opened
+    this._sse = null;           // AbortController of the current event stream
+    this._sseId = null;         // last event id seen on a stream
     /** @type {string|null} */ this.client = null;
     /** @type {string|null} */ this.user = null;
     /** @type {string|null} */ this.node = null;
@@ -141,6 +164,12 @@ export class Switchboard {
 
   /** @returns {State} */
   get state() { return this._state; }
+
+  /** The transport of the current (or last) connection. @returns {Transport} */
+  get transport() { return this._transport; }
+
+  /** True while connected over server-sent events: receive only. */
+  get readOnly() { return this._transport === 'sse'; }
 
   // ---- events ---------------------------------------------------------
 
@@ -176,7 +205,7 @@ export class Switchboard {
     if (state === this._state) return;
     const prev = this._state;
     this._state = state;
-    this._emit('state', state, prev);
+    this._emit('state', state, prev, { transport: this._transport, readOnly: this.readOnly });
   }
 
   // ---- connection -----------------------------------------------------
@@ -200,6 +229,7 @@ export class Switchboard {
     this._generation++;
     clearTimeout(this._reconnectTimer);
     this._reconnectTimer = null;
+    this._closeSse();
     const ws = this._ws;
     if (ws) {
       this._detach(ws);
@@ -230,6 +260,12 @@ export class Switchboard {
       if (token != null) this._token = token;
     }
     this._usedToken = token;
+    if (this._preferSse && this._sseAvailable()) {
+      this._openSse(token);
+      return;
+    }
+    this._transport = 'websocket';
+    this._welcomed = false;
     let ws;
     try {
       ws = new this._WebSocket(this._buildUrl(token));
@@ -241,6 +277,8 @@ export class Switchboard {
     this._ws = ws;
     this._serverDisconnect = null;
     this._lastFrameAt = Date.now();
+    this._wsOpened = false;
+    ws.onopen = () => { if (ws === this._ws) this._wsOpened = true; };
     ws.onmessage = (ev) => this._onMessage(ws, ev.data);
     ws.onerror = (ev) => {
       if (ws !== this._ws) return;
@@ -308,6 +346,9 @@ export class Switchboard {
 
   async _onClose(ws, code, reason, dropped = false) {
     if (ws !== this._ws && !dropped) return;
+    // A WebSocket that never opened (its upgrade refused or cut, e.g. by a proxy): the next
+    // attempt tries server-sent events.
+    if (ws && !this._wsOpened && !this._welcomed && this._sseAvailable()) this._preferSse = true;
     const server = this._serverDisconnect;
     if (server) {
       if (code === 1006 || code === 1005) code = server.code ?? code;
@@ -396,6 +437,9 @@ export class Switchboard {
   }
 
   _onWelcome(frame) {
+    this._welcomed = true;
+    this._preferSse = false;
+    this._transport = 'websocket';
     this.client = frame.client ?? null;
     this.user = frame.user ?? null;
     this.node = frame.node ?? null;
@@ -535,6 +579,11 @@ export class Switchboard {
    * handled (before any later frame), which the subscribe bookkeeping relies on.
    */
   _request(op, fields, queue, resolve, reject) {
+    if (this._transport === 'sse' && this._state !== 'disconnected') {
+      reject(new SwitchboardError('read_only',
+        `${op} is not available over server-sent events (the WebSocket could not open): publish through your backend`));
+      return;
+    }
     const id = this._nextId++;
     const frame = { op, ...fields, id };
     const entry = { frame, resolve, reject, timer: null, sent: false, queue, sentAt: 0 };
@@ -592,7 +641,8 @@ export class Switchboard {
     }
     return new Promise((resolve, reject) => {
       sub.waiters.push({ resolve, reject });
-      if (this._state === 'connected') this._sendSubscribe(sub);
+      if (this._state === 'connected' && this._transport === 'sse') this._reopenSse();
+      else if (this._state === 'connected') this._sendSubscribe(sub);
     });
   }
 
@@ -650,6 +700,10 @@ export class Switchboard {
       for (const w of sub.waiters.splice(0)) w.reject(new SwitchboardError('unsubscribed', `unsubscribed from ${channel}`));
     }
     if (this._state !== 'connected') return;
+    if (this._transport === 'sse') {
+      this._reopenSse();
+      return;
+    }
     await this._command('unsubscribe', { channel }, { queue: false });
   }
 
@@ -706,6 +760,140 @@ export class Switchboard {
     const started = Date.now();
     await this._command('ping', {});
     return Date.now() - started;
+  }
+
+  // ---- server-sent events (fallback) ------------------------------------
+
+  _sseAvailable() {
+    return this._opts.sse && typeof this._fetch === 'function';
+  }
+
+  _buildSseUrl(token) {
+    const base = globalThis.location?.href;
+    const u = this._sseUrl
+      ? (base ? new URL(this._sseUrl, base) : new URL(this._sseUrl))
+      : sseUrlFor(this.url, base);
+    for (const channel of this._subs.keys()) u.searchParams.append('channel', channel);
+    if (token) u.searchParams.set('token', token);
+    return u.toString();
+  }
+
+  /** The id that resumes every channel: the last one seen, with the subscriptions' positions. */
+  _lastEventId() {
+    const positions = parseEventId(this._sseId);
+    for (const sub of this._subs.values()) {
+      if (sub.offset != null && sub.epoch != null) positions.set(sub.channel, { epoch: sub.epoch, offset: sub.offset });
+    }
+    return renderEventId(positions);
+  }
+
+  _closeSse() {
+    const ctrl = this._sse;
+    this._sse = null;
+    if (ctrl) { try { ctrl.abort(); } catch { /* ignore */ } }
+  }
+
+  /** A new stream for a changed set of channels, resuming the others where they are. */
+  _reopenSse() {
+    this._closeSse();
+    this._openSse(this._token);
+  }
+
+  _openSse(token) {
+    const ctrl = new AbortController();
+    this._sse = ctrl;
+    this._transport = 'sse';
+    this._serverDisconnect = null;
+    const headers = { Accept: 'text/event-stream' };
+    const lastId = this._lastEventId();
+    if (lastId) headers['Last-Event-ID'] = lastId;
+    let opened = false;
+    const url = this._buildSseUrl(token);
+    readEventStream(this._fetch, url, headers, ctrl.signal,
+      () => {
+        if (this._sse !== ctrl) return;
+        opened = true;
+        this._attempt = 0;
+        // Commands waiting for the connection cannot be sent over this transport.
+        for (const [id, entry] of this._pending) {
+          this._pending.delete(id);
+          clearTimeout(entry.timer);
+          entry.reject(new SwitchboardError('read_only', `${entry.frame.op} is not available over server-sent events`));
+        }
+        this._setState('connected');
+      },
+      (ev) => { if (this._sse === ctrl) this._onSseEvent(ev); },
+    ).then(
+      (end) => {
+        if (this._sse !== ctrl) return;
+        this._sse = null;
+        if (end.status === 200) {
+          const d = this._serverDisconnect;
+          this._onClose(null, d?.code ?? 1006, d?.reason ?? 'event stream ended', true);
+          return;
+        }
+        const err = errorFromReply(end.error ?? { code: 'transport', message: `event stream refused: ${end.status}` });
+        this._emit('error', err);
+        const code = end.status === 401 || end.status === 403 ? 1008 : 1006;
+        this._onClose(null, code, err.message, true);
+      },
+      (err) => {
+        if (this._sse !== ctrl) return;
+        this._sse = null;
+        // Not even HTTP got through: the next attempt tries the WebSocket again.
+        if (!opened) this._preferSse = false;
+        this._onClose(null, 1006, err?.message ?? 'event stream failed', true);
+      },
+    );
+  }
+
+  _onSseEvent({ event, id, data }) {
+    if (id != null) this._sseId = id;
+    let frame = null;
+    if (data) {
+      try { frame = JSON.parse(data); } catch {
+        this._emit('error', new SwitchboardError('bad_frame', 'the server sent an event that is not JSON'));
+        return;
+      }
+    }
+    // The id's first entry is the event's own channel.
+    const [first] = parseEventId(id);
+    switch (event) {
+      case 'pub': this._onPublication(frame); break;
+      case 'lost': this._onLost(frame); break;
+      case 'recovered': this._sseJoined(frame.channel, frame.recovered, first); break;
+      case 'join': this._emit('join', frame); break;
+      case 'leave': this._emit('leave', frame); break;
+      case 'disconnect': this._serverDisconnect = { code: frame.code, reason: frame.reason }; break;
+      case 'error': {
+        const sub = this._subs.get(frame.channel);
+        const err = errorFromReply(frame.error);
+        err.channel = frame.channel;
+        if (sub) this._subs.delete(frame.channel);
+        if (sub?.waiters.length) for (const w of sub.waiters.splice(0)) w.reject(err);
+        else this._emit('error', err);
+        break;
+      }
+      case '':
+        // An id alone: where a channel starts on a fresh stream.
+        if (!data && first) this._sseJoined(first[0], false, first);
+        break;
+      default: break;
+    }
+  }
+
+  /** A channel's join on the stream: its position, and its subscribe() resolves. */
+  _sseJoined(channel, recovered, first) {
+    const sub = this._subs.get(channel);
+    if (!sub) return;
+    if (!recovered && first && first[0] === channel) {
+      sub.offset = first[1].offset;
+      sub.epoch = first[1].epoch;
+    }
+    sub.since = null;
+    const result = { offset: sub.offset ?? 0, epoch: sub.epoch ?? '', recovered: !!recovered, publications: [] };
+    this._emit('subscribed', { channel, ...result });
+    for (const w of sub.waiters.splice(0)) w.resolve(result);
   }
 
   /**

@@ -6,6 +6,7 @@
 //! - [`auth`]: token sources, JWT verification, the API key.
 //! - [`http`]: the router: `/ws` (checks before the upgrade), `/api/*`, operations.
 //! - [`transport`]: one WebSocket client's read and write loop.
+//! - [`sse`]: `GET /sse`, server-sent events for networks that block WebSockets.
 //! - [`backends`]: the broker, presence and history stores the config names (memory,
 //!   file, Redis or PostgreSQL).
 //! - [`server`]: builds the node, accepts connections, shuts down gracefully.
@@ -19,4 +20,5 @@ pub mod fds;
 pub mod http;
 pub mod secret;
 pub mod server;
+pub mod sse;
 pub mod transport;

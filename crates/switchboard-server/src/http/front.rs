@@ -6,6 +6,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::net::TcpStream;
 
 use super::SharedState;
 use super::ws;
+use crate::sse::ConnHandle;
 use crate::transport;
 
 /// A request head longer than this is not a WebSocket handshake we serve
@@ -333,7 +335,11 @@ async fn render(response: axum::response::Response) -> Vec<u8> {
 }
 
 async fn with_hyper(app: Router, stream: TcpStream, read: Vec<u8>, header_timeout: Duration) {
-    let service = TowerToHyperService::new(app);
+    let conn_handle = Arc::new(ConnHandle::default());
+    let service = TowerToHyperService::new(WithConn {
+        app,
+        conn: conn_handle.clone(),
+    });
     let io = Prefixed {
         prefix: read,
         pos: 0,
@@ -344,8 +350,42 @@ async fn with_hyper(app: Router, stream: TcpStream, read: Vec<u8>, header_timeou
         .header_read_timeout(header_timeout)
         .serve_connection(io, service)
         .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(error = %e, "http connection ended with an error");
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "http connection ended with an error");
+            }
+        }
+        // A handler called for the end (an SSE stream whose socket takes
+        // nothing): dropping the connection drops the socket.
+        () = conn_handle.killed() => {}
+    }
+    conn_handle.set_ended();
+}
+
+/// The router, with each request carrying its connection's [`ConnHandle`].
+#[derive(Clone)]
+struct WithConn {
+    app: Router,
+    conn: Arc<ConnHandle>,
+}
+
+impl tower_service::Service<http::Request<hyper::body::Incoming>> for WithConn {
+    type Response =
+        <Router as tower_service::Service<http::Request<hyper::body::Incoming>>>::Response;
+    type Error = <Router as tower_service::Service<http::Request<hyper::body::Incoming>>>::Error;
+    type Future = <Router as tower_service::Service<http::Request<hyper::body::Incoming>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<hyper::body::Incoming>>::poll_ready(
+            &mut self.app,
+            cx,
+        )
+    }
+
+    fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        req.extensions_mut().insert(self.conn.clone());
+        self.app.call(req)
     }
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP side: one router for `/ws`, `/api/*`, the operations endpoints and,
 //! in development mode only, the demo page and its token endpoint.
 
+pub mod admission;
 pub mod api;
 pub mod front;
 pub mod inbox;
@@ -90,6 +91,7 @@ pub fn router(state: SharedState) -> Router {
         ));
     let mut r = Router::new()
         .route("/ws", get(ws::upgrade).fallback(ws::upgrade))
+        .route("/sse", get(crate::sse::open))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -1,0 +1,133 @@
+// The SDK against the real `switchboard` binary behind a proxy that refuses WebSocket
+// upgrades (as some corporate proxies do) but passes plain HTTP through, streaming:
+// the client falls back to server-sent events, says so in its `state` event, receives
+// its channels and personal messages, refuses publish clearly, and resumes with
+// Last-Event-ID across a server restart without losing or repeating anything.
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import WebSocket from 'ws';
+import { Switchboard } from '../switchboard.js';
+import { parseEventId, renderEventId, sseUrlFor } from '../sse.js';
+import { waitFor } from '../testing/mock-server.js';
+import {
+  BASE_CONFIG, apiPublish, mintToken, startSwitchboard, switchboardBin, workDir,
+} from '../testing/real-server.js';
+
+const bin = switchboardBin();
+const skip = bin ? false : 'no switchboard binary: run `cargo build --bin switchboard` or set SWITCHBOARD_BIN';
+const FAST = { WebSocket, minReconnectDelay: 50, maxReconnectDelay: 300 };
+
+/** A proxy to `target()` (host:port) that answers every upgrade 403 and streams the rest. */
+function noWebSocketProxy(target) {
+  const server = http.createServer((req, res) => {
+    const [host, port] = target().split(':');
+    const up = http.request({ host, port, method: req.method, path: req.url, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => { res.destroy(); });
+    req.pipe(up);
+    res.on('close', () => up.destroy());
+  });
+  server.on('upgrade', (req, socket) => {
+    socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+  });
+  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve({
+    port: server.address().port,
+    close: () => new Promise((r) => { server.closeAllConnections(); server.close(() => r()); }),
+  })));
+}
+
+describe('event ids', () => {
+  it('read and write every channel position', () => {
+    const id = 'chat:lobby:0a1b2c3d:16;user:al:ff:0';
+    const p = parseEventId(id);
+    assert.deepEqual([...p.keys()], ['chat:lobby', 'user:al']);
+    assert.deepEqual(p.get('chat:lobby'), { epoch: '0a1b2c3d', offset: 16 });
+    assert.equal(renderEventId(p), id);
+    assert.equal(sseUrlFor('wss://x.example/ws').toString(), 'https://x.example/sse');
+  });
+});
+
+describe('server-sent events when the WebSocket is refused', { skip }, () => {
+  it('falls back read-only, says so, and resumes across a restart', async () => {
+    const CONFIG = `${BASE_CONFIG}
+[history]
+store = "file"
+path = "data/history.db"
+`;
+    const work = workDir();
+    let server = await startSwitchboard(bin, work.dir, CONFIG);
+    const proxy = await noWebSocketProxy(() => server.addr);
+    const c = new Switchboard(`ws://127.0.0.1:${proxy.port}/ws`, { ...FAST, token: mintToken(bin, 'erin') });
+    try {
+      const states = [];
+      c.on('state', (s, _prev, info) => states.push([s, info.transport, info.readOnly]));
+      const got = [];
+      const personal = [];
+      c.on('pub', (p) => { if (p.channel === 'user:erin') personal.push(p); });
+      const subscribed = c.subscribe('chat:sse', (p) => got.push(p));
+      c.connect();
+      await waitFor(() => c.state === 'connected', { timeout: 10_000, what: 'connected over SSE' });
+      assert.equal(c.transport, 'sse');
+      assert.equal(c.readOnly, true);
+      assert.deepEqual(states.at(-1), ['connected', 'sse', true]);
+      const first = await subscribed;
+      assert.equal(first.recovered, false);
+
+      await assert.rejects(c.publish('chat:sse', 1), (e) => e.code === 'read_only');
+      await assert.rejects(c.presence('chat:sse'), (e) => e.code === 'read_only');
+
+      for (let n = 1; n <= 4; n++) await apiPublish(server, 'chat:sse', { n });
+      await apiPublish(server, 'user:erin', { dm: 1 });
+      await waitFor(() => got.length === 4 && personal.length === 1, { what: 'the first 4 and a DM' });
+
+      // The server restarts; what is published meanwhile is recovered on reconnect.
+      const dropped = new Promise((resolve) => c.on('disconnect', (d) => d.reconnect && resolve(d)));
+      await server.stop();
+      await dropped;
+      server = await startSwitchboard(bin, work.dir, CONFIG, server.port)
+        .catch(() => startSwitchboard(bin, work.dir, CONFIG));
+      for (let n = 5; n <= 8; n++) await apiPublish(server, 'chat:sse', { n });
+      await waitFor(() => got.length >= 8, { timeout: 15_000, what: 'the 4 missed, recovered' });
+      assert.equal(c.transport, 'sse');
+      for (let n = 9; n <= 10; n++) await apiPublish(server, 'chat:sse', { n });
+      await waitFor(() => got.length >= 10, { what: 'live again' });
+      await new Promise((r) => setTimeout(r, 100)); // room for a duplicate to show up
+      assert.deepEqual(got.map((p) => p.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      assert.deepEqual(got.map((p) => p.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    } finally {
+      c.disconnect();
+      await proxy.close();
+      await server.stop();
+      work.cleanup();
+    }
+  });
+
+  it('uses the WebSocket when it opens, and never SSE with the option off', async () => {
+    const work = workDir();
+    const server = await startSwitchboard(bin, work.dir, BASE_CONFIG);
+    const direct = new Switchboard(server.ws, { ...FAST, token: mintToken(bin, 'finn') });
+    const proxy = await noWebSocketProxy(() => server.addr);
+    const off = new Switchboard(`ws://127.0.0.1:${proxy.port}/ws`, { ...FAST, sse: false, token: mintToken(bin, 'gus') });
+    try {
+      direct.connect();
+      await waitFor(() => direct.state === 'connected', { what: 'connected' });
+      assert.equal(direct.transport, 'websocket');
+      assert.equal(direct.readOnly, false);
+      let attempts = 0;
+      off.on('disconnect', () => { attempts++; });
+      off.connect();
+      await waitFor(() => attempts >= 3, { what: 'three refused attempts' });
+      assert.equal(off.transport, 'websocket');
+      assert.notEqual(off.state, 'connected');
+    } finally {
+      direct.disconnect();
+      off.disconnect();
+      await proxy.close();
+      await server.stop();
+      work.cleanup();
+    }
+  });
+});
