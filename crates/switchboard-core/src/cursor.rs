@@ -120,11 +120,14 @@ impl Entry {
 
 const SHARDS: usize = 64;
 
+/// One shard: each inbox channel's device cursors.
+type Shard = Mutex<HashMap<ChannelName, Vec<Entry>>>;
+
 /// Cursors kept in this process (the memory history's companion: both are
 /// lost with the process).
 pub struct MemoryCursors {
     hasher: RandomState,
-    shards: Box<[Mutex<HashMap<ChannelName, Vec<Entry>>>]>,
+    shards: Box<[Shard]>,
     sweep_next: Mutex<usize>,
 }
 

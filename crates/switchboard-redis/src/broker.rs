@@ -47,7 +47,35 @@ struct Inner {
     lanes: Vec<Lane>,
     shared: Arc<Shared>,
     scripts: Scripts,
+    /// Names each unkeyed publish when `min_replicas` is set (see
+    /// `publish_once`): this run's random id and a counter.
+    requests: RequestIds,
 }
+
+/// Ids for publishes the caller gave no key: unique across restarts of a
+/// node with the same name, since a reused id would answer a new publication
+/// with an old one's position.
+struct RequestIds {
+    run: Arc<str>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> Self {
+        RequestIds {
+            run: new_epoch(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// How long a publish's own request id is kept: past any retry of it by the
+/// Cluster client (its retries end within a few response timeouts).
+const REQUEST_WINDOW: Duration = Duration::from_secs(60);
 
 impl std::fmt::Debug for RedisBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,6 +161,7 @@ impl RedisBroker {
             lanes,
             shared,
             scripts: Scripts::new(),
+            requests: RequestIds::new(),
         });
         let probe = tokio::spawn(probe(Arc::downgrade(&inner)));
         Ok(RedisBroker { inner, probe })
@@ -225,6 +254,15 @@ impl RedisBroker {
         if let Some(idem) = idempotency {
             call.key(keys::idempotency(channel, &idem.key))
                 .arg(millis(idem.window).clamp(1, MAX_WINDOW_MS));
+        } else if inner.options.min_replicas > 0 {
+            // A master that dies after running the script but before its
+            // answer: the Cluster client retries the same call on the
+            // promoted replica, which already holds the publication (and
+            // this id, replicated with it), so the retry answers the first
+            // position instead of storing it twice.
+            let id = inner.requests.next();
+            call.key(keys::request(channel, &inner.requests.run, id))
+                .arg(millis(REQUEST_WINDOW));
         }
         let (offset, epoch): (u64, String) = self.timed(call.invoke_async(&mut conn)).await?;
         let wanted = inner.options.min_replicas;

@@ -40,6 +40,12 @@ pub fn idempotency(channel: &ChannelName, key: &IdempotencyKey) -> String {
     format!("{PREFIX}:{{{channel}}}:idem:{key}")
 }
 
+/// A publish's own request id (`redis_min_replicas`): kept like an
+/// idempotency key, but in its own space so no client key can meet it.
+pub fn request(channel: &ChannelName, run: &str, id: u64) -> String {
+    format!("{PREFIX}:{{{channel}}}:req:{run}:{id}")
+}
+
 /// The pub/sub channel carrying a channel's publications and pushes.
 pub fn pubsub(channel: &ChannelName) -> String {
     format!("{PREFIX}:{{{channel}}}:pub")
