@@ -763,14 +763,17 @@ async fn a_flood_of_unknown_kids_fetches_at_most_once_per_interval() {
     }
     // Flood for about 1.2 s: 3 intervals.
     let mut refused = 0;
-    while started.elapsed() < Duration::from_millis(1200) {
+    // (A loaded machine may check fewer per interval: the flood goes on
+    // until it is one; `allowed` below follows the time it took.)
+    while started.elapsed() < Duration::from_millis(1200) || refused <= 1000 {
         for t in &tokens {
             assert_eq!(check(&v, t), Err(AuthError::UnknownKey));
             refused += 1;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // Let a fetch that was due finish.
+    // The flood triggered a fetch; let one that was due finish.
+    eventually("a fetch triggered by the flood", || server.requests() >= 2).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let fetched = server.requests() - 1;
     let allowed = 1 + started.elapsed().as_millis() as usize / 400;
