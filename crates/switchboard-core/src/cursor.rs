@@ -67,7 +67,7 @@ pub enum CursorError {
 /// Per device cursors of inbox channels. Implementations: [`MemoryCursors`],
 /// [`FileHistory`](crate::FileHistory) (in its file), `RedisCursors`
 /// (shared by every node). Every one runs
-/// [`testkit::cursor_conformance`](crate::testkit::cursor_conformance).
+/// `testkit::cursor_conformance` (feature `testkit`).
 #[async_trait]
 pub trait CursorStore: Send + Sync + 'static {
     /// `device`'s cursor of `channel`, if it has one that has not expired.
