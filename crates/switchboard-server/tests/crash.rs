@@ -4,37 +4,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::proc::KillOnDrop;
 use common::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
 fn start(config: &std::path::Path) -> (KillOnDrop, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_clear()
-        .env("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET)
-        .env("SWITCHBOARD_API_KEY", API_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("a line").expect("utf8");
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            break a.parse().expect("addr");
-        }
-    };
-    (KillOnDrop(child), addr)
+    common::proc::serve_file(config, SECRET, API_KEY)
 }
 
 async fn publish(addr: SocketAddr, seq: u64) -> Option<(u64, String)> {

@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -24,26 +23,7 @@ use switchboard_postgres::testing::PgServer;
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 
 fn start(config: &Path) -> (KillOnDrop, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_clear()
-        .env("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET)
-        .env("SWITCHBOARD_API_KEY", API_KEY)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines.next().expect("a line").expect("utf8");
-        if let Some(a) = line.strip_prefix("listening on http://") {
-            break a.parse().expect("addr");
-        }
-    };
-    (KillOnDrop(child), addr)
+    common::proc::serve_file(config, SECRET, API_KEY)
 }
 
 /// A config in a fresh temp dir: memory broker, history in `url`, a `chat`

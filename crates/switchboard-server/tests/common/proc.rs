@@ -158,6 +158,37 @@ history_ttl = "10m"
     )
 }
 
+/// The binary serving a config file with only the given secrets in its
+/// environment, and the address it printed (port 0 in the file).
+pub fn serve_file(
+    config: &std::path::Path,
+    secret: &str,
+    api_key: &str,
+) -> (KillOnDrop, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env_clear()
+        .env("SWITCHBOARD_AUTH_HMAC_SECRET", secret)
+        .env("SWITCHBOARD_API_KEY", api_key)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    // Killed on drop from here: a failed read below leaves no server behind.
+    let child = KillOnDrop(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = lines.next().expect("a line").expect("utf8");
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            break a.parse().expect("addr");
+        }
+    };
+    (child, addr)
+}
+
 /// A child process that is killed and reaped when dropped, so a failed
 /// assertion never leaves a server running into the next test run.
 pub struct KillOnDrop(pub Child);
