@@ -19,7 +19,7 @@ impl Bridge {
         Ok(Bridge { rt: Some(rt) })
     }
 
-    fn handle(&self) -> &tokio::runtime::Handle {
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
         // Present until drop.
         self.rt
             .as_ref()

@@ -17,6 +17,7 @@
 
 mod bridge;
 mod commit;
+mod cursors;
 mod migrations;
 mod read;
 mod sweep;
@@ -37,6 +38,7 @@ use switchboard_core::{
 };
 use switchboard_protocol::{ChannelName, Publication};
 
+pub use cursors::PgCursors;
 pub use migrations::MigrationStatus;
 /// The driver, for tests that look into the database.
 pub use tokio_postgres;
@@ -196,6 +198,14 @@ impl PgHistory {
             committer,
             memory: MemoryHistory::new(),
         })
+    }
+
+    /// The inbox cursors beside this history, in the same database.
+    pub fn cursors(&self) -> PgCursors {
+        PgCursors {
+            shared: self.shared.clone(),
+            runtime: self.bridge.handle().clone(),
+        }
     }
 
     /// Waits up to `timeout` for the schema to be migrated; the error says

@@ -12,10 +12,11 @@ pub(crate) struct Migration {
     pub sql: &'static str,
 }
 
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "history",
-    sql: r#"
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "history",
+        sql: r#"
 -- One row per channel with a stream in the database: its epoch and latest
 -- offset. Offsets are assigned by updating this row in the transaction that
 -- stores the publications, so they are contiguous whatever the concurrency.
@@ -42,7 +43,28 @@ CREATE TABLE sb_publications (
 );
 CREATE INDEX sb_publications_expiry ON sb_publications (expires_at);
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "cursors",
+        sql: r#"
+-- Inbox cursors (PROTOCOL §10): per channel and device, the offset of the
+-- epoch it acknowledged. An upsert moves it, forward only within an epoch;
+-- `expires_at` (its last advance plus the inbox's TTL) lets the sweep delete
+-- forgotten cursors through one index.
+CREATE TABLE sb_cursors (
+    channel     text NOT NULL,
+    device      text NOT NULL,
+    epoch       text NOT NULL,
+    off         bigint NOT NULL,
+    advanced_at timestamptz NOT NULL,
+    expires_at  timestamptz NOT NULL,
+    PRIMARY KEY (channel, device)
+);
+CREATE INDEX sb_cursors_expiry ON sb_cursors (expires_at);
+"#,
+    },
+];
 
 /// The table that records which steps were applied.
 const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS switchboard_migrations (

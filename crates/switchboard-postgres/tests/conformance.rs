@@ -8,8 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use switchboard_core::testkit::{KEEP, broker_conformance, history_conformance};
-use switchboard_core::{Broker, HistoryQuery, HistoryStore, MemoryBroker, Retention, Sweep};
+use switchboard_core::testkit::{
+    KEEP, broker_conformance, cursor_conformance, history_conformance,
+};
+use switchboard_core::{
+    Broker, CursorStore, HistoryQuery, HistoryStore, MemoryBroker, Retention, Sweep,
+};
 use switchboard_postgres::testing::PgServer;
 use switchboard_postgres::{PgHistory, PgOptions};
 use switchboard_protocol::ChannelName;
@@ -36,6 +40,24 @@ async fn postgres_history_conforms() {
     .await
     .expect("suite");
     drop(store);
+}
+
+/// Inbox cursors in the same database: forward only, per device, capped,
+/// expiring, and concurrent acks of one cursor never moving it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_cursors_conform() {
+    let pg = PgServer::start();
+    let url = pg.database("cursors").await;
+    let store = Arc::new(
+        tokio::task::spawn_blocking(move || open(&url))
+            .await
+            .expect("open"),
+    );
+    cursor_conformance(|| {
+        let store = store.clone();
+        async move { Arc::new(store.cursors()) as Arc<dyn CursorStore> }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

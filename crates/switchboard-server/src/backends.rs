@@ -158,10 +158,10 @@ fn history(cfg: &Config) -> Result<Stores, String> {
                 Arc::new(MemoryCursors::default()),
             ));
         }
-        // Cursors are not in PostgreSQL yet: an inbox on this store keeps
-        // them in memory (see ARCHITECTURE.md, Departures).
         HistoryStoreKind::Postgres => {
-            return Ok((postgres(cfg)?, Arc::new(MemoryCursors::default())));
+            let pg = postgres(cfg)?;
+            let cursors = Arc::new(pg.cursors());
+            return Ok((pg, cursors));
         }
         HistoryStoreKind::File => {}
     }
@@ -178,7 +178,7 @@ fn history(cfg: &Config) -> Result<Stores, String> {
 
 /// PostgreSQL need not be up: the store migrates once it is reached, and
 /// until then the node is not ready and publishes answer 503.
-fn postgres(cfg: &Config) -> Result<Arc<dyn HistoryStore>, String> {
+fn postgres(cfg: &Config) -> Result<Arc<PgHistory>, String> {
     let mut options = PgOptions::new(cfg.history.postgres_url.trim());
     options.pool_size = cfg.history.postgres_pool_size;
     let store = PgHistory::open(options)?;

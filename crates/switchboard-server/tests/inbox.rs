@@ -1,7 +1,8 @@
 //! The inbox (PROTOCOL §10), black box: per-device cursors through the
 //! `device` upgrade parameter and the `ack` op, subscribe-without-`since`
 //! resuming from the cursor, the welcome's `inbox` object, `GET
-//! /api/inbox/{user}`; across a SIGKILL of the node (file store), across
+//! /api/inbox/{user}`; across a SIGKILL of the node (file and postgres
+//! stores), across
 //! nodes and a SIGKILL with Redis, and what an epoch change does.
 
 mod common;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use common::proc::{ServerProcess, base_config};
 use common::*;
 use serde_json::{Value, json};
+use switchboard_postgres::testing::PgServer;
 use switchboard_redis::testing::RedisServer;
 use switchboard_server::config::{Config, Dur, NamespaceConfig};
 
@@ -299,6 +301,49 @@ async fn a_sigkill_loses_no_publication_and_no_cursor() {
         }
     })
     .await;
+}
+
+/// The same on the postgres store: publications and cursors are both in
+/// PostgreSQL, so a SIGKILLed node's successor knows every device's cursor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigkill_loses_no_publication_and_no_cursor_on_postgres() {
+    let pg = tokio::task::spawn_blocking(PgServer::start)
+        .await
+        .expect("postgres");
+    let url = pg.database("inbox").await;
+    let toml = inbox_toml(&format!(
+        "\n[history]\nstore = \"postgres\"\npostgres_url = \"{url}\"\npostgres_pool_size = 4\n"
+    ));
+    let first = ServerProcess::start(&toml, &[]);
+    let addr = first.addr;
+    wait_ready(addr).await;
+    let mut slot = Some(first);
+    let mut second = None;
+    two_devices(addr, || {
+        let toml = toml.clone();
+        let second = &mut second;
+        let first = slot.take();
+        async move {
+            if let Some(p) = first {
+                p.kill();
+            }
+            let p = ServerProcess::start(&toml, &[]);
+            let addr = p.addr;
+            wait_ready(addr).await;
+            *second = Some(p);
+            addr
+        }
+    })
+    .await;
+}
+
+/// Until `/ready` answers 200 (the store reached its database).
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while http(addr, "GET", "/ready", &[], None).await.status != 200 {
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// With `sync = "batch"`, a SIGKILL renews every epoch: a cursor of the old
