@@ -100,6 +100,16 @@ export class SwitchboardError extends Error {
   }
 }
 
+/**
+ * The server's `disconnect` frame; `reconnectAfterMs` only when it is a whole number of ms
+ * (a drain says when to come back, PROTOCOL §4).
+ */
+function serverDisconnect(frame) {
+  const after = frame.reconnect_after_ms;
+  const reconnectAfterMs = Number.isSafeInteger(after) && after >= 0 ? after : undefined;
+  return { code: frame.code, reason: frame.reason, reconnectAfterMs };
+}
+
 /** Close codes after which the client does not reconnect on its own (kicked, policy). */
 const NO_RECONNECT = new Set([4000, 1008]);
 const OPEN = 1;
@@ -379,15 +389,21 @@ export class Switchboard {
       this._scheduleReconnect(code, reason, true);
       return;
     }
-    this._scheduleReconnect(code, reason);
+    this._scheduleReconnect(code, reason, false, server?.reconnectAfterMs);
   }
 
-  /** @param {boolean} [haveFreshToken] the token to use was just got from getToken */
-  _scheduleReconnect(code, reason, haveFreshToken = false) {
+  /**
+   * @param {boolean} [haveFreshToken] the token to use was just got from getToken
+   * @param {number} [serverDelay] the draining server's `reconnect_after_ms`: it spread its
+   *   clients' returns over its drain, so this wait replaces the back-off for this attempt
+   */
+  _scheduleReconnect(code, reason, haveFreshToken = false, serverDelay = undefined) {
     if (!this._wanted) return;
     const { minReconnectDelay: min, maxReconnectDelay: max } = this._opts;
     const ceiling = Math.min(max, min * 2 ** this._attempt);
-    const delay = Math.round(ceiling / 2 + Math.random() * ceiling / 2); // exponential, with jitter
+    const delay = serverDelay !== undefined
+      ? Math.min(serverDelay, max)
+      : Math.round(ceiling / 2 + Math.random() * ceiling / 2); // exponential, with jitter
     this._attempt++;
     this._setState('reconnecting');
     this._emit('disconnect', { code, reason, reconnect: true, delay });
@@ -431,7 +447,7 @@ export class Switchboard {
       case 'join': this._emit('join', frame); break;
       case 'leave': this._emit('leave', frame); break;
       case 'lost': this._onLost(frame); break;
-      case 'disconnect': this._serverDisconnect = { code: frame.code, reason: frame.reason }; break;
+      case 'disconnect': this._serverDisconnect = serverDisconnect(frame); break;
       default: break;
     }
   }
@@ -864,7 +880,7 @@ export class Switchboard {
       case 'recovered': this._sseJoined(frame.channel, frame.recovered, first); break;
       case 'join': this._emit('join', frame); break;
       case 'leave': this._emit('leave', frame); break;
-      case 'disconnect': this._serverDisconnect = { code: frame.code, reason: frame.reason }; break;
+      case 'disconnect': this._serverDisconnect = serverDisconnect(frame); break;
       case 'error': {
         const sub = this._subs.get(frame.channel);
         const err = errorFromReply(frame.error);

@@ -261,6 +261,28 @@ describe('reconnecting', () => {
     assert.deepEqual(c.position('chat:lobby'), { offset: 5, epoch: 'e1' });
   });
 
+  it('waits the reconnect_after_ms a draining server told it, not its own back-off', async () => {
+    const c = client({ minReconnectDelay: 5000, maxReconnectDelay: 10000 });
+    const disconnects = [];
+    c.on('disconnect', (d) => disconnects.push(d));
+    c.connect();
+    await connected(c);
+    const first = server.conns[0];
+    first.send({ type: 'disconnect', code: 1001, reason: 'server shutting down', reconnect_after_ms: 40 });
+    first.close(1001, 'server shutting down');
+    // Its own back-off would wait 2.5 s or more: the server's 40 ms wins.
+    await waitFor(() => server.conns.length === 2, { what: 'reconnect after the told wait', timeout: 2000 });
+    assert.equal(disconnects[0].code, 1001);
+    assert.equal(disconnects[0].reconnect, true);
+    assert.equal(disconnects[0].delay, 40);
+    // A wait that is not a whole number of ms is ignored (back-off instead).
+    await connected(c);
+    server.conns[1].send({ type: 'disconnect', code: 1001, reason: 'x', reconnect_after_ms: 'soon' });
+    server.conns[1].close(1001, 'x');
+    await waitFor(() => disconnects.length === 2, { what: 'second disconnect' });
+    assert.ok(disconnects[1].delay >= 2500, `back-off delay ${disconnects[1].delay}`);
+  });
+
   it('holds back live publications that arrive before the resubscribe reply', async () => {
     server.onCommand = (conn, frame) => {
       if (frame.op !== 'subscribe') return defaultHandler(conn, frame);

@@ -30,6 +30,9 @@ hmac_secret = "{SECRET}"
 [api]
 key = "{API_KEY}"
 
+[shutdown]
+ready_grace = "0s"
+
 [[namespaces]]
 name = "chat"
 publish = true

@@ -228,6 +228,7 @@ impl Node {
                     Disconnect {
                         code,
                         reason: "disconnected",
+                        reconnect_after_ms: None,
                     }
                 };
                 self.disconnect_user(&user, reason).await;
@@ -355,8 +356,15 @@ impl Node {
     /// whose handshake passed the server's draining check just before is
     /// closed by `connect` itself.
     pub async fn drain(&self, reason: Disconnect) {
-        self.draining.store(true, Ordering::SeqCst);
+        self.stop_admitting();
         self.close_all(reason).await;
+    }
+
+    /// Stops taking clients: from now on `connect` closes each one it admits
+    /// (with 1001) as soon as the hub has it. The clients already here stay
+    /// until closed, so a drain can pace their closes.
+    pub fn stop_admitting(&self) {
+        self.draining.store(true, Ordering::SeqCst);
     }
 
     /// Closes a client: its transport sends `reason` and ends; the client
@@ -366,6 +374,25 @@ impl Node {
             self.count_disconnect(reason);
         }
         self.remove_client(client).await;
+    }
+
+    /// Closes several clients: every transport is told first (each with the
+    /// reason `reason` gives it), then each leaves every index and presence,
+    /// so no close waits on another's presence round trip.
+    pub async fn close_clients(
+        &self,
+        clients: &[Arc<ClientHandle>],
+        mut reason: impl FnMut() -> Disconnect,
+    ) {
+        for c in clients {
+            let r = reason();
+            if c.outbox.close(r) {
+                self.count_disconnect(r);
+            }
+        }
+        for c in clients {
+            self.remove_client(c).await;
+        }
     }
 
     /// Removes a client from every index and presence, with leave pushes.

@@ -247,9 +247,13 @@ pub fn lost(channel: &ChannelName, epoch: &str, offset: u64) -> Bytes {
     out.freeze()
 }
 
-/// The `disconnect` push sent just before the server closes.
-pub fn disconnect(code: u16, reason: &str) -> Bytes {
-    let v = serde_json::json!({"type": "disconnect", "code": code, "reason": reason});
+/// The `disconnect` push sent just before the server closes; a drain adds
+/// when to come back.
+pub fn disconnect(code: u16, reason: &str, reconnect_after_ms: Option<u32>) -> Bytes {
+    let mut v = serde_json::json!({"type": "disconnect", "code": code, "reason": reason});
+    if let Some(ms) = reconnect_after_ms {
+        v["reconnect_after_ms"] = ms.into();
+    }
     Bytes::from(v.to_string())
 }
 

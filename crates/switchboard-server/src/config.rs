@@ -100,6 +100,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub history: HistoryConfig,
     pub log: LogConfig,
+    pub shutdown: ShutdownConfig,
     pub namespaces: Vec<NamespaceConfig>,
 }
 
@@ -261,6 +262,14 @@ pub struct LimitsConfig {
     /// Per connection; bursts up to twice that.
     pub messages_per_second: u32,
     pub max_channels_per_client: usize,
+    /// Handshakes in progress (accepted, not yet admitted) past which a new
+    /// upgrade is refused 503 with a jittered `Retry-After` before any token
+    /// work: in a reconnect storm the refused come back later instead of all
+    /// waiting until they time out.
+    pub max_pending_handshakes: usize,
+    /// Upgrades a second from one address (bursts to twice that), answered
+    /// 429 before any token work; 0: no limit.
+    pub handshakes_per_address_per_second: u32,
 }
 
 /// `[broker] kind`.
@@ -398,6 +407,19 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// How a SIGTERM stops the node (PROTOCOL §8 `[shutdown]`): unready first,
+/// then clients closed in paced batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// `/ready` answers 503 this long, listener open and clients served,
+    /// before the first close: load balancers stop sending clients here.
+    pub ready_grace: Dur,
+    /// Clients are closed 1001 in paced batches over this long, each told
+    /// when to come back, so they do not all reconnect elsewhere at once.
+    pub drain_period: Dur,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NamespaceConfig {
@@ -432,6 +454,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             history: HistoryConfig::default(),
             log: LogConfig::default(),
+            shutdown: ShutdownConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -494,6 +517,8 @@ impl Default for LimitsConfig {
             max_connections_per_user: 32,
             messages_per_second: 50,
             max_channels_per_client: 128,
+            max_pending_handshakes: 2048,
+            handshakes_per_address_per_second: 0,
         }
     }
 }
@@ -538,6 +563,15 @@ impl Default for LogConfig {
     }
 }
 
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            ready_grace: Dur::secs(5),
+            drain_period: Dur::secs(10),
+        }
+    }
+}
+
 impl Default for NamespaceConfig {
     fn default() -> Self {
         NamespaceConfig {
@@ -560,7 +594,7 @@ impl Default for NamespaceConfig {
 pub struct ConfigError(pub String);
 
 const SECTIONS: &[&str] = &[
-    "auth", "api", "ws", "limits", "broker", "presence", "history", "log",
+    "auth", "api", "ws", "limits", "broker", "presence", "history", "log", "shutdown",
 ];
 
 /// Maps `SWITCHBOARD_AUTH_HMAC_SECRET` to `("auth", "hmac_secret")` and
@@ -770,6 +804,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             errs.push("limits.max_connections: must be above 0".into());
+        }
+        if self.limits.max_pending_handshakes == 0 {
+            errs.push("limits.max_pending_handshakes: must be above 0".into());
         }
         if self.limits.max_connections_per_user == 0 {
             errs.push("limits.max_connections_per_user: must be above 0".into());

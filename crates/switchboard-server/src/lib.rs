@@ -9,7 +9,8 @@
 //! - [`sse`]: `GET /sse`, server-sent events for networks that block WebSockets.
 //! - [`backends`]: the broker, presence and history stores the config names (memory,
 //!   file, Redis or PostgreSQL).
-//! - [`server`]: builds the node, accepts connections, shuts down gracefully.
+//! - [`server`]: builds the node, accepts connections.
+//! - [`shutdown`]: unready first, then a paced drain.
 //! - [`fds`]: file-descriptor limit and count.
 //! - [`secret`]: secrets and URL credentials redacted wherever the config is printed.
 
@@ -20,5 +21,6 @@ pub mod fds;
 pub mod http;
 pub mod secret;
 pub mod server;
+pub mod shutdown;
 pub mod sse;
 pub mod transport;

@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_server::auth::Claims;
 use switchboard_server::config::{Config, Dur, HistoryStoreKind};
-use switchboard_server::{fds, server};
+use switchboard_server::{fds, server, shutdown};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -240,27 +240,11 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             .map_err(anyhow::Error::msg)?;
         println!("listening on http://{local}");
         tracing::info!(%local, node = %state.node.name(), "switchboard started");
-        server::run(state, listener, shutdown_signal()).await?;
+        server::run(state.clone(), listener, shutdown::on_signals(state)).await?;
         tracing::info!("stopped");
         Ok(())
     });
     runtime
         .block_on(serve)
         .context("the server's task panicked")?
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::warn!("cannot listen for signals; stop with SIGKILL");
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
 }

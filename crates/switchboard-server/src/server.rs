@@ -4,10 +4,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::time::Duration;
 
-use switchboard_core::{Disconnect, Namespaces, Node, NodeOptions};
+use switchboard_core::{Namespaces, Node, NodeOptions};
 use switchboard_protocol::ChannelName;
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -62,12 +62,18 @@ pub async fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> 
     } else {
         ChannelName::parse(&cfg.text_channel).ok()
     };
+    let storm = crate::http::storm::Storm::new(
+        cfg.limits.max_pending_handshakes,
+        cfg.limits.handshakes_per_address_per_second,
+    );
     Ok(Arc::new(AppState {
+        storm,
         node,
         cfg,
         verifier,
         text_channel,
         draining: AtomicBool::new(false),
+        stop: Default::default(),
         live_transports: AtomicUsize::new(0),
         dev,
         registry,
@@ -76,9 +82,10 @@ pub async fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> 
     }))
 }
 
-/// Serves until `shutdown` resolves, then drains: `/ready` turns 503, no new
-/// connections are taken, every client gets 1001, and the call returns once
-/// they are gone or `shutdown_timeout` passed.
+/// Serves until `shutdown` resolves, then stops: `/ready` answers 503 at
+/// once while clients are still taken for `ready_grace` (load balancers see
+/// the node go unready), then the listener closes and the clients are
+/// drained in paced batches ([`crate::shutdown::drain`]).
 pub async fn run(
     state: SharedState,
     listener: TcpListener,
@@ -92,61 +99,74 @@ pub async fn run(
             .run_heartbeats(state.cfg.auth.expire_connections),
     );
     let broker_watch = tokio::spawn(crate::http::ops::watch_broker(Arc::downgrade(&state)));
+    let mut accept = Acceptor {
+        set_nodelay: true,
+        state: state.clone(),
+        app,
+    };
     tokio::pin!(shutdown);
-    // Until an accepted socket shows it inherited `TCP_NODELAY` from the
-    // listener, set it on each.
-    let mut set_nodelay = true;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if set_nodelay {
-                    if stream.nodelay().unwrap_or(false) {
-                        set_nodelay = false;
-                    } else {
-                        let _ = stream.set_nodelay(true);
-                    }
-                }
-                tokio::spawn(crate::http::front::serve(state.clone(), app.clone(), stream));
+            accepted = listener.accept() => accept.serve(accepted).await,
+        }
+    }
+    state.stop.begin();
+    let grace = tokio::time::sleep(state.cfg.shutdown.ready_grace.0);
+    tokio::pin!(grace);
+    if !state.stop.hurried() && !state.cfg.shutdown.ready_grace.0.is_zero() {
+        tracing::info!("/ready answers 503; still serving for ready_grace");
+        loop {
+            tokio::select! {
+                () = &mut grace => break,
+                () = state.stop.until_hurried() => break,
+                accepted = listener.accept() => accept.serve(accepted).await,
             }
         }
     }
     drop(listener);
-    drain(&state).await;
+    crate::shutdown::drain(&state).await;
     heartbeats.abort();
     broker_watch.abort();
     state.cluster.leave(state.node.name()).await;
     Ok(())
 }
 
-/// Stops taking clients and closes every one with 1001, waiting up to
-/// `shutdown_timeout` for their transports to end.
-pub async fn drain(state: &AppState) {
-    state.draining.store(true, Ordering::Release);
-    tracing::info!(
-        clients = state.node.hub.connection_count(),
-        "draining: closing every client with 1001"
-    );
-    // The node closes, too, a client whose handshake passed the check above
-    // just before it was set.
-    state.node.drain(Disconnect::SHUTDOWN).await;
-    let deadline = tokio::time::Instant::now() + state.cfg.shutdown_timeout.0;
-    while state.live_transports.load(Ordering::Acquire) > 0
-        && tokio::time::Instant::now() < deadline
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let left = state.live_transports.load(Ordering::Acquire);
-    if left > 0 {
-        tracing::warn!(left, "shutdown timeout passed with clients still closing");
+/// Hands each accepted connection to its own task.
+struct Acceptor {
+    /// Until an accepted socket shows it inherited `TCP_NODELAY` from the
+    /// listener, it is set on each.
+    set_nodelay: bool,
+    state: SharedState,
+    app: axum::Router,
+}
+
+impl Acceptor {
+    async fn serve(&mut self, accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>) {
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                return;
+            }
+        };
+        if self.set_nodelay {
+            if stream.nodelay().unwrap_or(false) {
+                self.set_nodelay = false;
+            } else {
+                let _ = stream.set_nodelay(true);
+            }
+        }
+        // Counted from here: a task not yet run is work in hand.
+        let pending = self.state.storm.enter();
+        tokio::spawn(crate::http::front::serve(
+            self.state.clone(),
+            self.app.clone(),
+            stream,
+            peer,
+            pending,
+        ));
     }
 }

@@ -77,6 +77,7 @@ async fn sigterm_closes_clients_1001_and_exits_0() {
         &[
             ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
             ("SWITCHBOARD_API_KEY", API_KEY),
+            ("SWITCHBOARD_SHUTDOWN_READY_GRACE", "0s"),
         ],
         &[],
     );
@@ -91,6 +92,94 @@ async fn sigterm_closes_clients_1001_and_exits_0() {
     let logs = logs.join().expect("logs");
     assert!(logs.contains("SIGTERM"), "{logs}");
     assert!(!logs.contains(SECRET), "the secret leaked into the logs");
+}
+
+/// PROTOCOL §8 `[shutdown]`: on SIGTERM `/ready` answers 503 at once while
+/// the node still takes clients and delivers; only after `ready_grace` are
+/// clients closed, 1001, each told when to come back.
+#[tokio::test]
+async fn sigterm_is_unready_first_then_drains_telling_each_client_when_to_return() {
+    let (mut child, addr, logs) = spawn(
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+            ("SWITCHBOARD_SHUTDOWN_READY_GRACE", "3s"),
+            ("SWITCHBOARD_SHUTDOWN_DRAIN_PERIOD", "1s"),
+        ],
+        &[],
+    );
+    let mut a = Client::connect(addr, &token("alice", 600, &[])).await;
+    assert_eq!(http(addr, "GET", "/ready", &[], None).await.status, 200);
+    signal(&child, "-TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http(addr, "GET", "/ready", &[], None).await.status != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Unready, yet serving: a new client is welcomed and both get what is
+    // published to them.
+    let mut b = Client::connect(addr, &token("bob", 600, &[])).await;
+    for user in ["alice", "bob"] {
+        let body = format!(r#"{{"channel":"user:{user}","data":{{"hi":1}}}}"#);
+        let auth = format!("Bearer {API_KEY}");
+        let r = http(
+            addr,
+            "POST",
+            "/api/publish",
+            &[("Authorization", &auth)],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    assert_eq!(a.recv_type("pub").await["data"]["hi"], 1);
+    assert_eq!(b.recv_type("pub").await["data"]["hi"], 1);
+    // Then the drain: 1001 with a wait within the drain's pacing.
+    for c in [&mut a, &mut b] {
+        let d = c.recv_type("disconnect").await;
+        assert_eq!(d["code"], 1001, "{d}");
+        let wait = d["reconnect_after_ms"]
+            .as_u64()
+            .expect("reconnect_after_ms");
+        assert!(wait < 1000, "{d}");
+        assert_eq!(c.close_code().await, Some(1001));
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    let logs = logs.join().expect("logs");
+    assert!(logs.contains("paced batches"), "{logs}");
+}
+
+/// A second SIGTERM cuts the grace short: a stuck deploy can still be hurried.
+#[tokio::test]
+async fn a_second_sigterm_closes_everyone_at_once() {
+    let (mut child, addr, _logs) = spawn(
+        &[
+            ("SWITCHBOARD_AUTH_HMAC_SECRET", SECRET),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+            ("SWITCHBOARD_SHUTDOWN_READY_GRACE", "10m"),
+        ],
+        &[],
+    );
+    let mut a = Client::connect(addr, &token("alice", 600, &[])).await;
+    signal(&child, "-TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http(addr, "GET", "/ready", &[], None).await.status != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "-TERM");
+    let d = a.recv_type("disconnect").await;
+    assert_eq!(d["code"], 1001, "{d}");
+    assert_eq!(a.close_code().await, Some(1001));
+    let status = wait_exit(&mut child, Duration::from_secs(15)).expect("exited");
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]

@@ -1,21 +1,25 @@
 //! The checks every client connection passes before it is answered
-//! (PROTOCOL §1), shared by `/ws` and `/sse`: draining → origin → token →
-//! limits (and the inbox's `device`). The refusal, when there is one, is the response to send.
+//! (PROTOCOL §1), shared by `/ws` and `/sse`: draining → storm (handshakes
+//! in progress, per-address rate) → origin → token → limits (and the inbox's
+//! `device`). The refusal, when there is one, is the response to send.
 
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
 use axum::response::Response;
-use http::{HeaderMap, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use switchboard_core::ClientInit;
 use switchboard_core::hub::AddError;
 
 use super::origin::origin_allowed;
+use super::storm::Refusal;
 use super::{SharedState, error, unavailable};
 use crate::auth::{AuthError, extract_token};
 
 /// Admits a client: its identity once every check passed.
 pub async fn admit(
     st: &SharedState,
+    peer: Option<IpAddr>,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<ClientInit, Box<Response>> {
@@ -28,6 +32,28 @@ pub async fn admit(
             "the node is draining; connect elsewhere",
             1,
         )));
+    }
+    match st.storm.admit(peer) {
+        Ok(()) => {}
+        Err(Refusal::Busy { retry_after_s }) => {
+            reject("busy");
+            return Err(Box::new(unavailable(
+                "unavailable",
+                "too many handshakes in progress; retry later",
+                retry_after_s,
+            )));
+        }
+        Err(Refusal::AddressRate { retry_after_s }) => {
+            reject("address_rate");
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many handshakes from this address",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+            return Err(Box::new(r));
+        }
     }
     let mut origins = headers.get_all(header::ORIGIN).iter();
     if let Some(origin) = origins.next() {

@@ -5,6 +5,7 @@
 //! bytes already read replayed ahead of the socket.
 
 use std::io;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,6 +20,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 
 use super::SharedState;
+use super::storm::Pending;
 use super::ws;
 use crate::sse::ConnHandle;
 use crate::transport;
@@ -40,9 +42,20 @@ pub enum Serve {
 /// A WebSocket client's future ([`transport::start`]).
 pub type ClientTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Serves one accepted connection to its end.
-pub fn serve(st: SharedState, app: Router, stream: TcpStream) -> Serve {
-    Serve::Routing(Box::pin(route(st, app, stream)))
+/// The client's address, on each request hyper serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub IpAddr);
+
+/// Serves one accepted connection to its end; `pending` counts it as a
+/// handshake in progress until it is a client or hyper's.
+pub fn serve(
+    st: SharedState,
+    app: Router,
+    stream: TcpStream,
+    peer: SocketAddr,
+    pending: Pending,
+) -> Serve {
+    Serve::Routing(Box::pin(route(st, app, stream, peer.ip(), pending)))
 }
 
 impl Future for Serve {
@@ -65,7 +78,13 @@ impl Future for Serve {
 
 /// Reads the request head and answers it: a WebSocket client is returned to
 /// run; anything else is served by hyper to the connection's end.
-async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<ClientTask> {
+async fn route(
+    st: SharedState,
+    app: Router,
+    stream: TcpStream,
+    peer: IpAddr,
+    mut pending: Pending,
+) -> Option<ClientTask> {
     let timeout = st.cfg.ws.handshake_timeout.0;
     let mut head = Head {
         bytes: Vec::with_capacity(1024),
@@ -75,6 +94,7 @@ async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<Client
     match head.read(&stream) {
         Ok(true) => {}
         Ok(false) => {
+            pending.pause();
             let wait = async {
                 loop {
                     stream.readable().await?;
@@ -86,6 +106,7 @@ async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<Client
             // Timed out, reset or closed before a whole head: like hyper with
             // its header timeout, drop it.
             tokio::time::timeout(timeout, wait).await.ok()?.ok()?;
+            pending.resume();
         }
         Err(_) => return None,
     }
@@ -97,11 +118,14 @@ async fn route(st: SharedState, app: Router, stream: TcpStream) -> Option<Client
     if head.route == Route::WebSocket
         && let Some(request) = parse_head(&head.bytes)
     {
-        return websocket(st, stream, head.bytes, request).await;
+        let client = websocket(st, stream, head.bytes, request, peer).await;
+        drop(pending);
+        return client;
     }
+    drop(pending);
     // Boxed: hyper's connection future is large, and the routing future is
     // what a client's handshake allocates.
-    Box::pin(with_hyper(app, stream, head.bytes, timeout)).await;
+    Box::pin(with_hyper(app, stream, head.bytes, timeout, peer)).await;
     None
 }
 
@@ -271,9 +295,11 @@ async fn websocket(
     stream: TcpStream,
     bytes: Vec<u8>,
     request: UpgradeHead,
+    peer: IpAddr,
 ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
     match ws::check(
         &st,
+        Some(peer),
         &Method::GET,
         request.query.as_deref(),
         &request.headers,
@@ -334,11 +360,18 @@ async fn render(response: axum::response::Response) -> Vec<u8> {
     out
 }
 
-async fn with_hyper(app: Router, stream: TcpStream, read: Vec<u8>, header_timeout: Duration) {
+async fn with_hyper(
+    app: Router,
+    stream: TcpStream,
+    read: Vec<u8>,
+    header_timeout: Duration,
+    peer: IpAddr,
+) {
     let conn_handle = Arc::new(ConnHandle::default());
     let service = TowerToHyperService::new(WithConn {
         app,
         conn: conn_handle.clone(),
+        peer: Peer(peer),
     });
     let io = Prefixed {
         prefix: read,
@@ -368,6 +401,7 @@ async fn with_hyper(app: Router, stream: TcpStream, read: Vec<u8>, header_timeou
 struct WithConn {
     app: Router,
     conn: Arc<ConnHandle>,
+    peer: Peer,
 }
 
 impl tower_service::Service<http::Request<hyper::body::Incoming>> for WithConn {
@@ -385,6 +419,7 @@ impl tower_service::Service<http::Request<hyper::body::Incoming>> for WithConn {
 
     fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.conn.clone());
+        req.extensions_mut().insert(self.peer);
         self.app.call(req)
     }
 }

@@ -7,6 +7,7 @@ pub mod front;
 pub mod inbox;
 pub mod ops;
 pub mod origin;
+pub mod storm;
 pub mod ws;
 
 use std::sync::Arc;
@@ -29,8 +30,12 @@ pub struct AppState {
     pub cfg: Config,
     pub verifier: Verifier,
     pub text_channel: Option<ChannelName>,
-    /// Set once a shutdown or drain began: `/ready` answers 503, `/ws` refuses.
+    /// Set once the drain began: `/ws` and `/sse` refuse.
     pub draining: AtomicBool,
+    /// A stop's progress: `/ready` answers 503 from its start.
+    pub stop: crate::shutdown::Stop,
+    /// Handshakes in progress and per-address handshake rates.
+    pub storm: storm::Storm,
     /// WebSocket transports still running (a drain waits for them).
     pub live_transports: AtomicUsize,
     /// Development mode: the demo page and `/dev/token` exist.

@@ -80,10 +80,10 @@ pub async fn health(State(st): State<SharedState>) -> Response {
     json_response(StatusCode::OK, body.to_string())
 }
 
-/// 503 while draining, and while this node cannot deliver through its
+/// 503 from the start of a stop (PROTOCOL §8 `ready_grace`), and while this node cannot deliver through its
 /// broker (PROTOCOL §9): a load balancer then sends new clients elsewhere.
 pub async fn ready(State(st): State<SharedState>) -> Response {
-    if st.draining.load(Ordering::Acquire) {
+    if st.stop.begun() || st.draining.load(Ordering::Acquire) {
         json_response(StatusCode::SERVICE_UNAVAILABLE, r#"{"status":"draining"}"#)
     } else if !st.node.broker_health().ok {
         json_response(

@@ -1,6 +1,8 @@
 //! `GET /ws`: every check happens before the `101` (PROTOCOL §1); then the
 //! upgraded stream is handed to the transport.
 
+use std::net::IpAddr;
+
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::Response;
@@ -9,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use switchboard_core::ClientInit;
 
-use super::front::Prefixed;
+use super::front::{Peer, Prefixed};
 use super::{SharedState, admission, error};
 use crate::transport;
 
@@ -32,7 +34,8 @@ pub fn accept_key(key: &[u8]) -> String {
 }
 
 pub async fn upgrade(State(st): State<SharedState>, mut req: Request) -> Response {
-    let accepted = match check(&st, req.method(), req.uri().query(), req.headers()).await {
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let accepted = match check(&st, peer, req.method(), req.uri().query(), req.headers()).await {
         Ok(a) => a,
         Err(r) => return *r,
     };
@@ -76,20 +79,24 @@ pub struct Accepted {
 /// one, is the response to send (with `Connection: close`).
 pub async fn check(
     st: &SharedState,
+    peer: Option<IpAddr>,
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Accepted, Box<Response>> {
-    checked(st, method, query, headers).await.map_err(|mut r| {
-        // A refused client has nothing more to say on this connection.
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        r
-    })
+    checked(st, peer, method, query, headers)
+        .await
+        .map_err(|mut r| {
+            // A refused client has nothing more to say on this connection.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        })
 }
 
 async fn checked(
     st: &SharedState,
+    peer: Option<IpAddr>,
     method: &Method,
     query: Option<&str>,
     headers: &HeaderMap,
@@ -119,7 +126,7 @@ async fn checked(
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         return Err(Box::new(r));
     };
-    let init = admission::admit(st, query, headers).await?;
+    let init = admission::admit(st, peer, query, headers).await?;
     Ok(Accepted {
         accept: accept_key(key.as_bytes()),
         init,

@@ -24,6 +24,7 @@ use http::{HeaderValue, StatusCode, header};
 use switchboard_protocol::frame;
 use switchboard_protocol::{ChannelName, StreamPosition};
 
+use crate::http::front::Peer;
 use crate::http::{SharedState, admission, error, unavailable};
 use encode::Encoder;
 use event_id::Position;
@@ -91,7 +92,8 @@ fn bad_request(message: &str) -> Response {
 pub async fn open(State(st): State<SharedState>, req: Request) -> Response {
     let query = req.uri().query();
     let headers = req.headers();
-    let init = match admission::admit(&st, query, headers).await {
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    let init = match admission::admit(&st, peer, query, headers).await {
         Ok(init) => init,
         Err(refusal) => return *refusal,
     };

@@ -111,9 +111,11 @@ impl http_body::Body for SseBody {
             }
             if let Some(d) = closing {
                 this.done = true;
-                if d != Disconnect::STALE {
-                    this.enc
-                        .disconnect(&frame::disconnect(d.code, d.reason), &mut buf);
+                if !d.same_close(&Disconnect::STALE) {
+                    this.enc.disconnect(
+                        &frame::disconnect(d.code, d.reason, d.reconnect_after_ms),
+                        &mut buf,
+                    );
                 }
             }
             if !buf.is_empty() {

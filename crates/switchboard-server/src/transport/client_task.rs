@@ -199,10 +199,12 @@ fn run(
                 // What was queued before the close goes out first, then the reason.
                 let (rest, _) = client.outbox.take();
                 conn.out.push_all(rest);
-                if d != Disconnect::STALE {
-                    conn.out
-                        .frames
-                        .push_back(Out::Frame(frame::disconnect(d.code, d.reason)));
+                if !d.same_close(&Disconnect::STALE) {
+                    conn.out.frames.push_back(Out::Frame(frame::disconnect(
+                        d.code,
+                        d.reason,
+                        d.reconnect_after_ms,
+                    )));
                 }
                 break 'run Some(Close::ours(d.code, d.reason));
             }

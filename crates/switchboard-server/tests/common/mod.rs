@@ -33,6 +33,7 @@ pub fn config() -> Config {
     c.auth.hmac_secret = SECRET.into();
     c.api.key = API_KEY.into();
     c.limits.messages_per_second = 100_000;
+    c.shutdown.ready_grace = Dur::secs(0);
     c.namespaces = vec![
         NamespaceConfig {
             name: "chat".into(),

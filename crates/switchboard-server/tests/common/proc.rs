@@ -145,6 +145,10 @@ hmac_secret = "{secret}"
 [api]
 key = "{key}"
 
+# A stop drains at once: tests that stop a node wait for nothing.
+[shutdown]
+ready_grace = "0s"
+
 [[namespaces]]
 name = "chat"
 publish = true
