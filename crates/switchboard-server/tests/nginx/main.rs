@@ -15,6 +15,7 @@ mod client;
 mod site;
 
 use std::collections::BTreeSet;
+use std::process::Command;
 use std::time::Duration;
 
 use client::{Endpoint, Frame, Ws};
@@ -39,10 +40,22 @@ struct Setup {
     ping_interval: Option<&'static str>,
     /// The rendered copy's `proxy_read_timeout` (3600 s when `None`).
     read_timeout: Option<Duration>,
+    /// The nodes' `[shutdown] ready_grace`; `base_config`'s 0 s when `None`.
+    ready_grace: Option<&'static str>,
 }
 
 fn node_config(name: &str, redis: &RedisServer, setup: &Setup) -> String {
     let ping = setup.ping_interval.unwrap_or("30s");
+    let grace = setup.ready_grace.unwrap_or("0s");
+    let base = base_config();
+    assert!(
+        base.contains("ready_grace = \"0s\""),
+        "base_config's [shutdown]"
+    );
+    let base = base.replace(
+        "ready_grace = \"0s\"",
+        &format!("ready_grace = \"{grace}\"\ndrain_period = \"1s\""),
+    );
     format!(
         r#"node_name = "{name}"
 shutdown_timeout = "2s"
@@ -63,7 +76,6 @@ stall_timeout = "2s"
 [presence]
 ttl = "2s"
 "#,
-        base = base_config(),
         url = redis.url(),
     )
 }
@@ -97,6 +109,30 @@ impl Gateway {
         if let Some(n) = self.nodes[index(name)].take() {
             n.kill();
         }
+    }
+
+    /// SIGTERM: the graceful stop.
+    fn terminate(&self, name: &str) {
+        let pid = self.node(name).pid().to_string();
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -TERM {pid}");
+    }
+
+    /// Waits for a node to exit by itself; whether it exited 0.
+    fn exited_cleanly(&mut self, name: &str) -> bool {
+        let node = self.nodes[index(name)].as_mut().expect("node running");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("{name} still running 20 s after SIGTERM");
     }
 
     /// Publishes through nginx with an idempotency key, retrying on 502 (a
@@ -241,6 +277,7 @@ async fn pings_keep_idle_sessions_open_past_proxy_read_timeout() {
     let gw = Gateway::start(Setup {
         ping_interval: Some("1s"),
         read_timeout: Some(read_timeout),
+        ..Setup::default()
     });
     let mut ws = gw.ws("idle-ws").await;
     let r = ws
@@ -296,6 +333,7 @@ async fn without_pings_nginx_cuts_an_idle_websocket_at_proxy_read_timeout() {
     let gw = Gateway::start(Setup {
         ping_interval: Some("30s"),
         read_timeout: Some(Duration::from_secs(2)),
+        ..Setup::default()
     });
     let mut ws = gw.ws("quiet").await;
     match ws.frame(Duration::from_secs(15)).await {
@@ -395,4 +433,60 @@ async fn a_killed_nodes_clients_reconnect_through_nginx_and_recover() {
     gw.publish("chat:room", json!(7)).await;
     assert_eq!(ws.recv_type("pub").await["data"], 7);
     assert_eq!(data(&sse.pubs(1).await), [json!(7)]);
+}
+
+/// nginx OSS has no active health checks, so "/ready taking a draining node
+/// out" means, with it: on SIGTERM the node answers /ready 503 for
+/// `ready_grace` (for balancers that probe) while it still serves, new
+/// clients through nginx included; then it closes its listener and its
+/// clients (1001, with a `reconnect_after_ms`, passed on by nginx), and nginx,
+/// failing to connect to it, sends every new client to the other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_is_unready_then_nginx_sends_every_new_client_to_the_other() {
+    let mut gw = Gateway::start(Setup {
+        ready_grace: Some("5s"),
+        ..Setup::default()
+    });
+    let mut ws = gw.ws("alice").await;
+    let victim = ws.node();
+    let direct = gw.node(&victim).addr;
+    gw.terminate(&victim);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while common::http(direct, "GET", "/ready", &[], None)
+        .await
+        .status
+        != 503
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/ready never answered 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // ready_grace: unready, and still serving everyone.
+    assert_eq!(ws.call(json!({"op": "ping"})).await["type"], "pong");
+    let mut during = Vec::new();
+    for i in 0..2 {
+        during.push(gw.ws(&format!("early{i}")).await.node());
+    }
+    assert!(
+        during.contains(&victim),
+        "round robin reached the unready node and it admitted: {during:?}"
+    );
+
+    let bye = ws.recv_type("disconnect").await;
+    assert_eq!(bye["code"], 1001, "{bye}");
+    assert!(bye["reconnect_after_ms"].is_u64(), "{bye}");
+    assert_eq!(ws.closed().await, Some(1001));
+
+    for i in 0..4 {
+        let c = gw.ws(&format!("late{i}")).await;
+        assert_eq!(
+            c.node(),
+            other(&victim),
+            "nginx passed the stopped node over"
+        );
+    }
+    assert!(gw.exited_cleanly(&victim), "exit status 0 after the drain");
 }
