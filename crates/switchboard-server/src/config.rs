@@ -100,6 +100,7 @@ pub struct Config {
     pub presence: PresenceConfig,
     pub history: HistoryConfig,
     pub log: LogConfig,
+    pub admin: AdminConfig,
     pub namespaces: Vec<NamespaceConfig>,
 }
 
@@ -398,6 +399,15 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// `[admin]`: the live admin page (`/admin`) and its endpoints
+/// (`/api/admin/*`, behind the API key). Off, both answer 404.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the page and its endpoints (default false).
+    pub enabled: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NamespaceConfig {
@@ -432,6 +442,7 @@ impl Default for Config {
             presence: PresenceConfig::default(),
             history: HistoryConfig::default(),
             log: LogConfig::default(),
+            admin: AdminConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -560,7 +571,7 @@ impl Default for NamespaceConfig {
 pub struct ConfigError(pub String);
 
 const SECTIONS: &[&str] = &[
-    "auth", "api", "ws", "limits", "broker", "presence", "history", "log",
+    "auth", "api", "ws", "limits", "broker", "presence", "history", "log", "admin",
 ];
 
 /// Maps `SWITCHBOARD_AUTH_HMAC_SECRET` to `("auth", "hmac_secret")` and
@@ -1106,6 +1117,18 @@ mod tests {
         .expect("a list of seeds");
         assert!(listed.broker.redis_url.is_cluster());
         assert!(!Config::default().broker.redis_url.is_cluster());
+    }
+
+    #[test]
+    fn the_admin_page_is_off_unless_enabled() {
+        let (c, _) = Config::load(None, env(OK)).expect("valid");
+        assert!(!c.admin.enabled);
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_ADMIN_ENABLED".into(), "true".into()));
+        let (c, warnings) = Config::load(None, e).expect("valid");
+        assert!(c.admin.enabled && warnings.is_empty(), "{warnings:?}");
+        let bad = toml::from_str::<Config>("[admin]\nenabled = \"yes\"\n");
+        assert!(bad.is_err(), "enabled is a boolean");
     }
 
     #[test]
