@@ -23,6 +23,7 @@ use crate::client::{ClientHandle, PushError};
 use crate::history::HistoryRead;
 use crate::subscription::{Gap, Joined, Sink, Stream};
 
+mod top;
 mod users;
 use users::{UserClients, Users, is_sparse};
 

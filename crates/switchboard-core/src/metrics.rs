@@ -60,6 +60,7 @@ pub const REJECT_REASONS: &[&str] = &[
     "keys_unavailable",
     "node_full",
     "user_full",
+    "bad_device",
 ];
 
 impl Default for Metrics {
@@ -120,6 +121,11 @@ impl Metrics {
             "publications",
             "Publications delivered through this node",
             self.publications.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Publications queued to this node's subscribers (one per subscriber)",
+            self.deliveries.clone(),
         );
         r.register(
             "publications_stored",

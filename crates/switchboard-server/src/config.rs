@@ -101,6 +101,7 @@ pub struct Config {
     pub history: HistoryConfig,
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
+    pub admin: AdminConfig,
     pub namespaces: Vec<NamespaceConfig>,
 }
 
@@ -420,6 +421,15 @@ pub struct ShutdownConfig {
     pub drain_period: Dur,
 }
 
+/// `[admin]`: the live admin page (`/admin`) and its endpoints
+/// (`/api/admin/*`, behind the API key). Off, both answer 404.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Serve the page and its endpoints (default false).
+    pub enabled: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NamespaceConfig {
@@ -455,6 +465,7 @@ impl Default for Config {
             history: HistoryConfig::default(),
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
+            admin: AdminConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -594,7 +605,7 @@ impl Default for NamespaceConfig {
 pub struct ConfigError(pub String);
 
 const SECTIONS: &[&str] = &[
-    "auth", "api", "ws", "limits", "broker", "presence", "history", "log", "shutdown",
+    "auth", "api", "ws", "limits", "broker", "presence", "history", "log", "shutdown", "admin",
 ];
 
 /// Maps `SWITCHBOARD_AUTH_HMAC_SECRET` to `("auth", "hmac_secret")` and
@@ -1143,6 +1154,18 @@ mod tests {
         .expect("a list of seeds");
         assert!(listed.broker.redis_url.is_cluster());
         assert!(!Config::default().broker.redis_url.is_cluster());
+    }
+
+    #[test]
+    fn the_admin_page_is_off_unless_enabled() {
+        let (c, _) = Config::load(None, env(OK)).expect("valid");
+        assert!(!c.admin.enabled);
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_ADMIN_ENABLED".into(), "true".into()));
+        let (c, warnings) = Config::load(None, e).expect("valid");
+        assert!(c.admin.enabled && warnings.is_empty(), "{warnings:?}");
+        let bad = toml::from_str::<Config>("[admin]\nenabled = \"yes\"\n");
+        assert!(bad.is_err(), "enabled is a boolean");
     }
 
     #[test]

@@ -94,6 +94,18 @@ impl Node {
         Ok(users)
     }
 
+    /// `user`'s connections on every node (the hub's count when no other
+    /// node shares the presence store).
+    pub async fn user_connections_everywhere(
+        &self,
+        user: &str,
+    ) -> Result<usize, crate::presence::PresenceError> {
+        if !self.is_clustered() {
+            return Ok(self.hub.user_connection_count(user));
+        }
+        self.presence.user_connections(user).await
+    }
+
     /// Closes every connection of `user` on every node with `reason`;
     /// returns how many there were (on every node, as counted just before).
     pub async fn disconnect_everywhere(

@@ -1,6 +1,7 @@
 //! The HTTP side: one router for `/ws`, `/api/*`, the operations endpoints and,
 //! in development mode only, the demo page and its token endpoint.
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod front;
@@ -87,6 +88,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/disconnect", post(api::disconnect))
         .route("/info", get(api::info))
         .route("/inbox/{user}", get(inbox::report))
+        .merge(admin::api_routes(&state.cfg.admin))
         .fallback(not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(gate, api::admit))
@@ -100,7 +102,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
-        .nest("/api", api);
+        .nest("/api", api)
+        .merge(admin::page_routes(&state.cfg.admin));
     if state.dev {
         r = r
             .route("/", get(ops::demo_page))
