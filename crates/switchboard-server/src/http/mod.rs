@@ -1,5 +1,6 @@
-//! The HTTP side: one router for `/ws`, `/api/*`, the operations endpoints and,
-//! in development mode only, the demo page and its token endpoint.
+//! The HTTP side: one router for `/ws`, `/sse`, `/api/*`, the operations
+//! endpoints, the JS SDK under `/sdk/` and, in development mode only, the demo
+//! page and its token endpoint.
 
 pub mod admission;
 pub mod api;
@@ -7,6 +8,7 @@ pub mod front;
 pub mod inbox;
 pub mod ops;
 pub mod origin;
+pub mod sdk;
 pub mod ws;
 
 use std::sync::Arc;
@@ -95,6 +97,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/sdk/{file}", get(sdk::file))
         .nest("/api", api);
     if state.dev {
         r = r
