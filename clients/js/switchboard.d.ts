@@ -13,6 +13,8 @@ export interface Publication<T = unknown> {
   data: T;
   /** Present for publications made by a client. */
   from?: string;
+  /** True for a publication missed while away and replayed by recovery on (re)subscribe. */
+  recovered?: boolean;
   /** On publications of this device's inbox: acknowledges up to this one (PROTOCOL §10). */
   ack?: () => Promise<AckResult>;
 }

@@ -22,6 +22,8 @@ import { parseEventId, readEventStream, renderEventId, sseUrlFor } from './sse.j
  * @property {string} [epoch]
  * @property {*} data
  * @property {string} [from]   present for publications made by a client
+ * @property {boolean} [recovered]  true for a publication missed while away and replayed by
+ *                                  recovery when the client (re)subscribed
  *
  * @typedef {object} SubscribeResult
  * @property {number} offset      the channel's latest offset (0 before its first publication)
@@ -166,7 +168,7 @@ export class Switchboard {
     this._nextId = 1;
     /** @type {Map<number, {frame: object, resolve: Function, reject: Function, timer: any, sent: boolean, queue: boolean, sentAt: number}>} */
     this._pending = new Map();
-    /** @type {Map<string, {channel: string, onPublication: Function|null, since: StreamPosition|null, offset: number|null, epoch: string|null, waiters: {resolve: Function, reject: Function}[], inflight: number, buffer: Publication[]}>} */
+    /** @type {Map<string, {channel: string, onPublication: Function|null, since: StreamPosition|null, offset: number|null, epoch: string|null, waiters: {resolve: Function, reject: Function}[], inflight: number, buffer: Publication[], replayTo: StreamPosition|null}>} */
     this._subs = new Map();
     /** @type {Map<string, Set<Function>>} */
     this._listeners = new Map();
@@ -528,6 +530,12 @@ export class Switchboard {
       if (sub.offset != null && pub.epoch === sub.epoch && pub.offset <= sub.offset) return;
       sub.offset = pub.offset;
       sub.epoch = pub.epoch ?? sub.epoch;
+      // Over SSE the replay comes as ordinary events, up to where `recovered` said.
+      const until = sub.replayTo;
+      if (until) {
+        if (pub.epoch === until.epoch && pub.offset <= until.offset) pub.recovered = true;
+        if (pub.epoch !== until.epoch || pub.offset >= until.offset) sub.replayTo = null;
+      }
     }
     const inbox = this.inbox && pub.channel === this.inbox.channel && typeof pub.offset === 'number';
     if (inbox) {
@@ -646,7 +654,7 @@ export class Switchboard {
   subscribe(channel, onPublication, options = {}) {
     let sub = this._subs.get(channel);
     if (!sub) {
-      sub = { channel, onPublication: null, since: null, offset: null, epoch: null, waiters: [], inflight: 0, buffer: [] };
+      sub = { channel, onPublication: null, since: null, offset: null, epoch: null, waiters: [], inflight: 0, buffer: [], replayTo: null };
       this._subs.set(channel, sub);
     }
     if (onPublication) sub.onPublication = onPublication;
@@ -676,7 +684,10 @@ export class Switchboard {
       (result) => {
         if (this._subs.get(sub.channel) !== sub) return;
         sub.inflight--;
-        for (const p of result?.publications ?? []) this._deliver(sub, { type: 'pub', channel: sub.channel, ...p });
+        // What a reply carries was missed while away: replayed by recovery.
+        for (const p of result?.publications ?? []) {
+          this._deliver(sub, { type: 'pub', channel: sub.channel, ...p, recovered: true });
+        }
         if (typeof result?.offset === 'number' &&
             (sub.offset == null || result.epoch !== sub.epoch || result.offset > sub.offset)) {
           sub.offset = result.offset;
@@ -877,7 +888,7 @@ export class Switchboard {
     switch (event) {
       case 'pub': this._onPublication(frame); break;
       case 'lost': this._onLost(frame); break;
-      case 'recovered': this._sseJoined(frame.channel, frame.recovered, first); break;
+      case 'recovered': this._sseJoined(frame.channel, frame.recovered, first, frame); break;
       case 'join': this._emit('join', frame); break;
       case 'leave': this._emit('leave', frame); break;
       case 'disconnect': this._serverDisconnect = serverDisconnect(frame); break;
@@ -898,10 +909,18 @@ export class Switchboard {
     }
   }
 
-  /** A channel's join on the stream: its position, and its subscribe() resolves. */
-  _sseJoined(channel, recovered, first) {
+  /**
+   * A channel's join on the stream: its position, and its subscribe() resolves. A
+   * `recovered` event says where the channel stood at the join (`offset`, `epoch`): the
+   * publications up to there that follow are the replay.
+   */
+  _sseJoined(channel, recovered, first, joined = null) {
     const sub = this._subs.get(channel);
     if (!sub) return;
+    sub.replayTo = recovered && typeof joined?.offset === 'number' && typeof joined?.epoch === 'string'
+      && (sub.offset == null || joined.epoch !== sub.epoch || joined.offset > sub.offset)
+      ? { offset: joined.offset, epoch: joined.epoch }
+      : null;
     if (!recovered && first && first[0] === channel) {
       sub.offset = first[1].offset;
       sub.epoch = first[1].epoch;

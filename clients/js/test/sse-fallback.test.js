@@ -50,6 +50,54 @@ describe('event ids', () => {
   });
 });
 
+/** A WebSocket whose upgrade is refused: it closes without ever opening. */
+class RefusedWebSocket {
+  constructor() { setTimeout(() => this.onclose?.({ code: 1006, reason: '' }), 0); }
+  close() {}
+}
+
+/** A `text/event-stream` response with `text`; it ends after it when `end`, else on abort. */
+function eventStream(text, end, signal) {
+  const body = new ReadableStream({
+    start(ctrl) {
+      ctrl.enqueue(new TextEncoder().encode(text));
+      if (end) ctrl.close();
+      else signal.addEventListener('abort', () => ctrl.error(new DOMException('aborted', 'AbortError')));
+    },
+  });
+  return new Response(body, { status: 200, headers: { 'content-type': 'text/event-stream' } });
+}
+
+const ssePub = (n) => `event: pub\nid: chat:x:e:${n}\ndata: ${JSON.stringify({ type: 'pub', channel: 'chat:x', offset: n, epoch: 'e', data: n })}\n\n`;
+
+describe('recovered publications over server-sent events', () => {
+  it('are marked up to the position the recovered event names, live ones are not', async () => {
+    const requests = [];
+    const fetchImpl = async (url, { headers, signal }) => {
+      requests.push({ url, lastEventId: headers['Last-Event-ID'] ?? null });
+      if (requests.length === 1) return eventStream(`id: chat:x:e:0\n\n${ssePub(1)}${ssePub(2)}`, true, signal);
+      const recovered = JSON.stringify({ channel: 'chat:x', recovered: true, offset: 4, epoch: 'e' });
+      return eventStream(`event: recovered\nid: chat:x:e:2\ndata: ${recovered}\n\n${ssePub(3)}${ssePub(4)}${ssePub(5)}`, false, signal);
+    };
+    const c = new Switchboard('ws://sb.test/ws', {
+      token: 't', WebSocket: RefusedWebSocket, fetch: fetchImpl, device: null, minReconnectDelay: 10, maxReconnectDelay: 20,
+    });
+    const got = [];
+    c.subscribe('chat:x', (p) => got.push([p.data, p.recovered === true]));
+    try {
+      c.connect();
+      await waitFor(() => got.length === 5, { what: 'five publications over two streams' });
+      assert.deepEqual(got, [[1, false], [2, false], [3, true], [4, true], [5, false]]);
+      assert.equal(requests.length, 2);
+      assert.equal(requests[0].lastEventId, null);
+      assert.equal(parseEventId(requests[1].lastEventId).get('chat:x').offset, 2, 'resumed after 2');
+      assert.equal(c.transport, 'sse');
+    } finally {
+      c.disconnect();
+    }
+  });
+});
+
 describe('server-sent events when the WebSocket is refused', { skip }, () => {
   it('falls back read-only, says so, and resumes across a restart', async () => {
     const CONFIG = `${BASE_CONFIG}

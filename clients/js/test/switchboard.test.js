@@ -243,7 +243,8 @@ describe('reconnecting', () => {
     c.on('disconnect', (d) => disconnects.push(d));
     c.connect();
     await connected(c);
-    await c.subscribe('chat:lobby', (p) => got.push(p.data));
+    const recovered = [];
+    await c.subscribe('chat:lobby', (p) => { got.push(p.data); recovered.push(p.recovered === true); });
     const first = server.conns[0];
     first.send({ type: 'pub', channel: 'chat:lobby', offset: 1, epoch, data: 1 });
     first.send({ type: 'pub', channel: 'chat:lobby', offset: 2, epoch, data: 2 });
@@ -255,6 +256,8 @@ describe('reconnecting', () => {
     assert.deepEqual(resub.since, { offset: 2, epoch: 'e1' });
     assert.equal(resub.channel, 'chat:lobby');
     assert.deepEqual(got, [1, 2, 3, 4, 5]);
+    // the replayed ones say so (a page can mark what was missed), the live ones do not
+    assert.deepEqual(recovered, [false, false, true, true, false]);
     assert.equal(disconnects[0].code, 1001);
     assert.equal(disconnects[0].reconnect, true);
     assert.equal(c.state, 'connected');

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`config`]: defaults ← file ← environment, validated once.
 //! - [`auth`]: token sources, JWT verification, the API key.
-//! - [`http`]: the router: `/ws` (checks before the upgrade), `/api/*`, operations.
+//! - [`http`]: the router: `/ws` (checks before the upgrade), `/api/*`, operations,
+//!   the JS SDK under `/sdk/`.
 //! - [`transport`]: one WebSocket client's read and write loop.
 //! - [`sse`]: `GET /sse`, server-sent events for networks that block WebSockets.
 //! - [`backends`]: the broker, presence and history stores the config names (memory,

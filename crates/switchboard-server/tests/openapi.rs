@@ -30,8 +30,9 @@ const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Routes the router serves that the spec leaves out on purpose: the
-/// client endpoints `/ws` and `/sse` (PROTOCOL.md) and the development-only demo page.
-const NOT_IN_SPEC: &[&str] = &["/ws", "/sse", "/", "/dev/token"];
+/// client endpoints `/ws` and `/sse` (PROTOCOL.md), the JS SDK's files and the
+/// development-only demo page.
+const NOT_IN_SPEC: &[&str] = &["/ws", "/sse", "/sdk/{file}", "/", "/dev/token"];
 
 /// Documented answers no sample call can produce against an in-memory node
 /// (a 503 under a flood is checked by `hostile_edges.rs`).

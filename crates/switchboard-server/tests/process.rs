@@ -188,6 +188,14 @@ async fn with_no_config_it_runs_in_development_mode() {
     let page = http(addr, "GET", "/", &[], None).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("<html") || page.body.contains("<!doctype"));
+    // The page is built on the SDK the binary serves, not on code of its own.
+    assert!(page.body.contains(r#"from "/sdk/switchboard.js""#));
+    assert_eq!(
+        http(addr, "GET", "/sdk/switchboard.js", &[], None)
+            .await
+            .status,
+        200
+    );
     let t = http(addr, "GET", "/dev/token?user=alice", &[], None)
         .await
         .json();

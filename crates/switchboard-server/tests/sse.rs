@@ -433,6 +433,19 @@ async fn last_event_id_resumes_every_channel_without_loss_or_duplicates() {
         recovered.iter().all(|r| r["recovered"] == true),
         "{recovered:?}"
     );
+    // Each names where its channel stood at the join: the replay ends there.
+    let at = |c: &str| {
+        recovered
+            .iter()
+            .find(|r| r["channel"] == c)
+            .map(|r| r["offset"].clone())
+    };
+    assert_eq!(at("chat:a"), Some(json!(5)), "{recovered:?}");
+    assert_eq!(at("chat:b"), Some(json!(5)), "{recovered:?}");
+    assert!(
+        recovered.iter().all(|r| r["epoch"].is_string()),
+        "{recovered:?}"
+    );
     let key = |v: &Value| (v["channel"].to_string(), v["offset"].as_u64());
     let mut all: Vec<_> = seen.iter().chain(after.iter()).map(key).collect();
     let n = all.len();

@@ -1,5 +1,6 @@
-//! The HTTP side: one router for `/ws`, `/api/*`, the operations endpoints and,
-//! in development mode only, the demo page and its token endpoint.
+//! The HTTP side: one router for `/ws`, `/sse`, `/api/*`, the operations
+//! endpoints, the JS SDK under `/sdk/` and, in development mode only, the demo
+//! page and its token endpoint.
 
 pub mod admin;
 pub mod admission;
@@ -8,6 +9,7 @@ pub mod front;
 pub mod inbox;
 pub mod ops;
 pub mod origin;
+pub mod sdk;
 pub mod storm;
 pub mod ws;
 
@@ -102,6 +104,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))
+        .route("/sdk/{file}", get(sdk::file))
         .nest("/api", api)
         .merge(admin::page_routes(&state.cfg.admin));
     if state.dev {

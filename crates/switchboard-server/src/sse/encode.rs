@@ -163,10 +163,13 @@ impl Encoder {
         }
         // `recovered` first, its id still where the stream stood (the
         // publications that follow move it), so a reconnect right after
-        // it asks for them again.
+        // it asks for them again. Its `offset`/`epoch` are the channel's
+        // position at the join: the publications up to it that follow are
+        // the replay, so a client can tell them from live ones.
+        let epoch_json = serde_json::to_string(joined.epoch.as_ref()).unwrap_or_default();
         let data = format!(
-            "{{\"channel\":{channel_json},\"recovered\":{}}}",
-            joined.recovered
+            "{{\"channel\":{channel_json},\"recovered\":{},\"offset\":{},\"epoch\":{epoch_json}}}",
+            joined.recovered, joined.offset
         );
         let id = if joined.recovered {
             let since = self
@@ -280,7 +283,7 @@ mod tests {
         );
         assert_eq!(
             out,
-            "event: recovered\nid: news:e:1\ndata: {\"channel\":\"news\",\"recovered\":true}\n\n\
+            "event: recovered\nid: news:e:1\ndata: {\"channel\":\"news\",\"recovered\":true,\"offset\":2,\"epoch\":\"e\"}\n\n\
              event: pub\nid: news:e:2\ndata: {\"type\":\"pub\",\"channel\":\"news\",\"offset\":2,\"epoch\":\"e\",\"data\":1}\n\n"
         );
         let out = encode(
