@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::proc::{ServerProcess, base_config};
 use common::*;
@@ -82,6 +82,16 @@ async fn handshakes_waiting_for_their_client_do_not_count_against_the_bound() {
         &format!("/ws?token={}", token("alice", 600, &[])),
         &[],
     );
+    // Until the node has read what each stalled one sent, those count as
+    // work in hand; once read, they wait uncounted for as long as they stall.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while raw_http(addr, &upgrade).await.status != 101 {
+        assert!(
+            Instant::now() < deadline,
+            "the stalled handshakes kept counting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for _ in 0..5 {
         let r = raw_http(addr, &upgrade).await;
         assert_eq!(r.status, 101, "{} {}", r.status, r.body);
