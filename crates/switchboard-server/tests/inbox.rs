@@ -282,25 +282,7 @@ async fn a_sigkill_loses_no_publication_and_no_cursor() {
         "\n[history]\nstore = \"file\"\nsync = \"always\"\npath = \"{}\"\n",
         data.path().join("history.db").display()
     ));
-    let first = ServerProcess::start(&toml, &[]);
-    let addr = first.addr;
-    let mut slot = Some(first);
-    let mut second = None;
-    two_devices(addr, || {
-        let toml = toml.clone();
-        let second = &mut second;
-        let first = slot.take();
-        async move {
-            if let Some(p) = first {
-                p.kill();
-            }
-            let p = ServerProcess::start(&toml, &[]);
-            let addr = p.addr;
-            *second = Some(p);
-            addr
-        }
-    })
-    .await;
+    two_devices_across_a_sigkill(&toml).await;
 }
 
 /// The same on the postgres store: publications and cursors are both in
@@ -314,20 +296,25 @@ async fn a_sigkill_loses_no_publication_and_no_cursor_on_postgres() {
     let toml = inbox_toml(&format!(
         "\n[history]\nstore = \"postgres\"\npostgres_url = \"{url}\"\npostgres_pool_size = 4\n"
     ));
-    let first = ServerProcess::start(&toml, &[]);
+    two_devices_across_a_sigkill(&toml).await;
+}
+
+/// [`two_devices`] on a node of `toml`, SIGKILLed between the publications
+/// and the reconnects and started again on the same store.
+async fn two_devices_across_a_sigkill(toml: &str) {
+    let first = ServerProcess::start(toml, &[]);
     let addr = first.addr;
     wait_ready(addr).await;
     let mut slot = Some(first);
     let mut second = None;
     two_devices(addr, || {
-        let toml = toml.clone();
         let second = &mut second;
         let first = slot.take();
         async move {
             if let Some(p) = first {
                 p.kill();
             }
-            let p = ServerProcess::start(&toml, &[]);
+            let p = ServerProcess::start(toml, &[]);
             let addr = p.addr;
             wait_ready(addr).await;
             *second = Some(p);

@@ -111,14 +111,7 @@ async fn sigterm_is_unready_first_then_drains_telling_each_client_when_to_return
     let mut a = Client::connect(addr, &token("alice", 600, &[])).await;
     assert_eq!(http(addr, "GET", "/ready", &[], None).await.status, 200);
     signal(&child, "-TERM");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while http(addr, "GET", "/ready", &[], None).await.status != 503 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/ready never turned 503"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_unready(addr).await;
     // Unready, yet serving: a new client is welcomed and both get what is
     // published to them.
     let mut b = Client::connect(addr, &token("bob", 600, &[])).await;
@@ -153,6 +146,18 @@ async fn sigterm_is_unready_first_then_drains_telling_each_client_when_to_return
     assert!(logs.contains("paced batches"), "{logs}");
 }
 
+/// Until `/ready` answers 503 (the stop began).
+async fn wait_unready(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while http(addr, "GET", "/ready", &[], None).await.status != 503 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/ready never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A second SIGTERM cuts the grace short: a stuck deploy can still be hurried.
 #[tokio::test]
 async fn a_second_sigterm_closes_everyone_at_once() {
@@ -166,14 +171,7 @@ async fn a_second_sigterm_closes_everyone_at_once() {
     );
     let mut a = Client::connect(addr, &token("alice", 600, &[])).await;
     signal(&child, "-TERM");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while http(addr, "GET", "/ready", &[], None).await.status != 503 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "/ready never turned 503"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_unready(addr).await;
     signal(&child, "-TERM");
     let d = a.recv_type("disconnect").await;
     assert_eq!(d["code"], 1001, "{d}");
