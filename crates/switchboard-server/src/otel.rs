@@ -9,7 +9,7 @@
 //! `broker.publish` (per channel), opened by the node around the broker
 //! call; under that `hub.deliver`, the hand-over to this node's subscribers
 //! (the memory broker delivers before it answers). Finished spans go into a
-//! bounded queue ([`export::ExportQueue`]) and out in batches; a full queue
+//! bounded queue (`otel/export.rs`) and out in batches; a full queue
 //! or a failed export drops spans and counts them in
 //! `switchboard_otel_dropped_spans_total`, never holding up a publish.
 
