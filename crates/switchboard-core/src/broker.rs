@@ -119,6 +119,11 @@ pub trait Broker: Send + Sync + 'static {
         }
     }
 
+    /// What traces call this broker (`broker.publish`'s `broker` attribute).
+    fn kind(&self) -> &'static str {
+        "other"
+    }
+
     /// Periodic housekeeping: applies retention to streams nobody touches.
     fn sweep(&self, _pass: &Sweep<'_>) -> Swept {
         Swept::default()
@@ -264,6 +269,10 @@ impl Broker for MemoryBroker {
     async fn push(&self, channel: &ChannelName, frame: Bytes) -> Result<(), BrokerError> {
         self.events()?.on_push(channel, frame);
         Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
     }
 
     async fn control(&self, message: ControlMessage) -> Result<(), BrokerError> {

@@ -139,12 +139,22 @@ pub struct BroadcastOutcome {
     pub dropped: usize,
     /// `lost` pushes sent (once per stream, however many subscribers).
     pub lost: usize,
+    /// Whether to note `first_queued` (a traced delivery): otherwise no
+    /// clock is read.
+    timed: bool,
+    /// When the first frame went into an outbox.
+    pub first_queued: Option<std::time::Instant>,
 }
 
 impl BroadcastOutcome {
     pub(crate) fn push(&mut self, client: &Arc<ClientHandle>, frame: &Bytes) {
         match client.outbox.push(frame.clone()) {
-            Ok(()) => self.delivered += 1,
+            Ok(()) => {
+                if self.timed && self.first_queued.is_none() {
+                    self.first_queued = Some(std::time::Instant::now());
+                }
+                self.delivered += 1;
+            }
             Err(PushError::Overflow(n)) => {
                 self.overflowed.push(client.clone());
                 self.dropped += n;
@@ -462,10 +472,18 @@ impl Hub {
     }
 
     /// Hands a publication to `channel`'s streams. Returns what was pushed,
-    /// and which streams now have a hole to fill.
-    pub(crate) fn publication(&self, p: &Arc<Publication>) -> (BroadcastOutcome, Vec<StreamKey>) {
+    /// and which streams now have a hole to fill; `timed`: note when the
+    /// first frame was queued.
+    pub(crate) fn publication(
+        &self,
+        p: &Arc<Publication>,
+        timed: bool,
+    ) -> (BroadcastOutcome, Vec<StreamKey>) {
         let channel = &p.channel;
-        let mut out = BroadcastOutcome::default();
+        let mut out = BroadcastOutcome {
+            timed,
+            ..BroadcastOutcome::default()
+        };
         let mut gaps = Vec::new();
         if let Some(owner) = channel.personal_owner() {
             let (shard, hash) = self.user_slot(owner);
@@ -883,13 +901,13 @@ mod tests {
         );
         // The first publication places the stream; a later one that comes
         // early waits for the one before it.
-        let (out, gaps) = hub.publication(&publication(&own, 7));
+        let (out, gaps) = hub.publication(&publication(&own, 7), false);
         assert_eq!((out.delivered, gaps.len()), (2, 0));
-        let (out, gaps) = hub.publication(&publication(&own, 9));
+        let (out, gaps) = hub.publication(&publication(&own, 9), false);
         assert_eq!((out.delivered, gaps), (0, vec![StreamKey::Own]));
-        let (out, _) = hub.publication(&publication(&own, 8));
+        let (out, _) = hub.publication(&publication(&own, 8), false);
         assert_eq!(out.delivered, 4);
-        let (out, _) = hub.publication(&publication(&own, 8));
+        let (out, _) = hub.publication(&publication(&own, 8), false);
         assert_eq!(out.delivered, 0, "a duplicate is dropped");
         assert_eq!(offsets(&a1), [7, 8, 9]);
         assert_eq!(offsets(&a2), [7, 8, 9]);

@@ -17,6 +17,7 @@
 //! - [`presence`]: the [`PresenceStore`] role and [`MemoryPresence`].
 //! - [`metrics`]: every metric the node exports.
 //! - [`disconnect`]: why a client is closed, as a value.
+//! - [`trace`]: the publish path's spans, for an OpenTelemetry exporter.
 
 pub mod broker;
 pub mod client;
@@ -30,6 +31,7 @@ pub mod namespace;
 pub mod node;
 pub mod presence;
 mod subscription;
+pub mod trace;
 
 pub use broker::{Broker, BrokerError, BrokerEvents, BrokerHealth, ControlMessage, MemoryBroker};
 pub use client::{ClientClaims, ClientHandle, ClientId, ClientInit, Out, Outbox, PushError};

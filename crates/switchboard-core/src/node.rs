@@ -570,10 +570,20 @@ impl Node {
             key,
             window: self.opts.idempotency_window,
         });
-        let pos = self
+        let span = crate::trace::publish_span(self.broker.kind(), channel.as_str());
+        let publish = self
             .broker
-            .publish(channel, data, from, retention, idempotency.as_ref())
-            .await?;
+            .publish(channel, data, from, retention, idempotency.as_ref());
+        let pos = match crate::trace::in_publish(&span, publish).await {
+            Ok(pos) => {
+                span.record("offset", crate::trace::int(pos.offset));
+                pos
+            }
+            Err(e) => {
+                span.record("otel.status_code", "ERROR");
+                return Err(e.into());
+            }
+        };
         if !retention.keeps_nothing() {
             self.metrics.publications_stored.inc();
         }

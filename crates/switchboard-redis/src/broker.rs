@@ -412,6 +412,10 @@ impl Broker for RedisBroker {
     fn health(&self) -> BrokerHealth {
         RedisBroker::health(self)
     }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use switchboard_core::{NamespacePolicy, SubscribeRule};
 use switchboard_protocol::ChannelName;
 
+mod otel;
+pub use otel::OtelConfig;
+
 /// A duration written as `"500ms"`, `"30s"`, `"10m"` or `"1h"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Dur(pub Duration);
@@ -102,6 +105,7 @@ pub struct Config {
     pub log: LogConfig,
     pub shutdown: ShutdownConfig,
     pub admin: AdminConfig,
+    pub otel: OtelConfig,
     pub namespaces: Vec<NamespaceConfig>,
 }
 
@@ -466,6 +470,7 @@ impl Default for Config {
             log: LogConfig::default(),
             shutdown: ShutdownConfig::default(),
             admin: AdminConfig::default(),
+            otel: OtelConfig::default(),
             namespaces: Vec::new(),
         }
     }
@@ -606,6 +611,7 @@ pub struct ConfigError(pub String);
 
 const SECTIONS: &[&str] = &[
     "auth", "api", "ws", "limits", "broker", "presence", "history", "log", "shutdown", "admin",
+    "otel",
 ];
 
 /// Maps `SWITCHBOARD_AUTH_HMAC_SECRET` to `("auth", "hmac_secret")` and
@@ -627,6 +633,11 @@ fn env_value(raw: &str, like: &toml::Value) -> Result<toml::Value, String> {
             raw.trim()
                 .parse()
                 .map_err(|_| format!("`{raw}` is not a whole number"))?,
+        ),
+        toml::Value::Float(_) => toml::Value::Float(
+            raw.trim()
+                .parse()
+                .map_err(|_| format!("`{raw}` is not a number"))?,
         ),
         toml::Value::Boolean(_) => toml::Value::Boolean(match raw.trim() {
             "true" | "1" => true,
@@ -865,6 +876,7 @@ impl Config {
                 self.log.level
             ));
         }
+        errs.extend(self.otel.problems());
         let mut seen = std::collections::HashSet::new();
         for (i, ns) in self.namespaces.iter().enumerate() {
             if !seen.insert(ns.name.as_str()) {
@@ -1209,6 +1221,27 @@ mod tests {
         c.namespaces[0].history_max_channels = 10;
         c.validate().expect("valid");
         assert_eq!(c.namespace_policies()[0].history_max_channels, 10);
+    }
+
+    #[test]
+    fn otel_is_set_from_the_environment_and_checked() {
+        let mut e = env(OK);
+        e.extend(env(&[
+            ("SWITCHBOARD_OTEL_ENDPOINT", "http://127.0.0.1:4318"),
+            ("SWITCHBOARD_OTEL_SAMPLE_RATIO", "0.25"),
+        ]));
+        let (c, warnings) = Config::load(None, e).expect("valid");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(c.otel.endpoint, "http://127.0.0.1:4318");
+        assert_eq!(c.otel.sample_ratio, 0.25);
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_OTEL_ENDPOINT".into(), "localhost:4318".into()));
+        let err = Config::load(None, e).expect_err("no scheme").0;
+        assert!(err.contains("otel.endpoint"), "{err}");
+        let mut e = env(OK);
+        e.push(("SWITCHBOARD_OTEL_SAMPLE_RATIO".into(), "most".into()));
+        let err = Config::load(None, e).expect_err("not a number").0;
+        assert!(err.contains("otel.sample_ratio"), "{err}");
     }
 
     #[test]

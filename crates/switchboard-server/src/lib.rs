@@ -14,12 +14,14 @@
 //! - [`shutdown`]: unready first, then a paced drain.
 //! - [`fds`]: file-descriptor limit and count.
 //! - [`secret`]: secrets and URL credentials redacted wherever the config is printed.
+//! - [`otel`]: OpenTelemetry traces of the API path (`[otel]`), exported over OTLP/HTTP.
 
 pub mod auth;
 pub mod backends;
 pub mod config;
 pub mod fds;
 pub mod http;
+pub mod otel;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -8,8 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchboard_server::auth::Claims;
 use switchboard_server::config::{Config, Dur, HistoryStoreKind};
+use switchboard_server::otel::Otel;
 use switchboard_server::{fds, server, shutdown};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 #[derive(Parser)]
 #[command(name = "switchboard", version, about = "A real-time WebSocket gateway")]
@@ -59,13 +62,22 @@ fn env_vars() -> Vec<(String, String)> {
     std::env::vars().collect()
 }
 
-fn init_logs(level: &str) {
+/// Logs to stderr, plus the OpenTelemetry layer when `[otel]` is on. The
+/// log filter never enables the trace spans' target, whatever `RUST_LOG`
+/// says: with `[otel]` off those spans are disabled at their callsites.
+fn init_logs(level: &str, otel: Option<&Otel>) {
+    use tracing_subscriber::filter::{FilterExt as _, filter_fn};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_traces = filter_fn(|m| m.target() != switchboard_core::trace::TARGET);
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_filter(filter.and(not_traces));
+    let registry = tracing_subscriber::registry().with(logs);
+    match otel {
+        Some(otel) => registry.with(otel.layer()).init(),
+        None => registry.init(),
+    }
 }
 
 /// jemalloc with its background thread: idle connections cost less than with
@@ -189,7 +201,23 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
     if dev {
         cfg = cfg.with_dev_namespaces();
     }
-    init_logs(&cfg.log.level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let otel = if cfg.otel.enabled() {
+        Some(Otel::start(&cfg.otel, runtime.handle()).map_err(anyhow::Error::msg)?)
+    } else {
+        None
+    };
+    init_logs(&cfg.log.level, otel.as_ref());
+    if cfg.otel.enabled() {
+        tracing::info!(
+            endpoint = %switchboard_server::secret::redact_url(&cfg.otel.traces_url()),
+            sample_ratio = cfg.otel.sample_ratio,
+            "otel: exporting traces of the API path"
+        );
+    }
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -225,10 +253,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         .listen
         .parse()
         .with_context(|| format!("listen: `{}` is not an address", cfg.listen))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the runtime")?;
+    let flusher = otel.as_ref().map(Otel::flusher);
     // The accept loop runs on a worker, not on this thread: a client's task
     // then starts where its connection was accepted, without waking another
     // thread (with one core, a context switch per handshake).
@@ -241,6 +266,10 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         println!("listening on http://{local}");
         tracing::info!(%local, node = %state.node.name(), "switchboard started");
         server::run(state.clone(), listener, shutdown::on_signals(state)).await?;
+        if let Some(flusher) = flusher {
+            // What the last requests traced leaves before the process does.
+            flusher.flush(std::time::Duration::from_secs(3)).await;
+        }
         tracing::info!("stopped");
         Ok(())
     });

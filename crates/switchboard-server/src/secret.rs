@@ -20,10 +20,14 @@ pub fn is_secret_key(key: &str) -> bool {
 }
 
 /// A key holding URLs, whose credentials (userinfo, secret query
-/// parameters) are secret: `*_url`, `*_urls`.
+/// parameters) are secret: `*_url`, `*_urls`, `*endpoint` (`otel.endpoint`).
 pub fn is_url_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    k == "url" || k == "urls" || k.ends_with("_url") || k.ends_with("_urls")
+    k == "url"
+        || k == "urls"
+        || k.ends_with("_url")
+        || k.ends_with("_urls")
+        || k.ends_with("endpoint")
 }
 
 /// Query parameters whose values are credentials (as libpq's `password`,
@@ -254,7 +258,13 @@ mod tests {
         ] {
             assert!(!is_secret_key(k), "{k}");
         }
-        for k in ["redis_url", "redis_urls", "jwks_url", "postgres_url"] {
+        for k in [
+            "redis_url",
+            "redis_urls",
+            "jwks_url",
+            "postgres_url",
+            "endpoint",
+        ] {
             assert!(is_url_key(k), "{k}");
         }
     }

@@ -57,6 +57,9 @@ pub async fn build_state(cfg: Config, dev: bool) -> Result<SharedState, String> 
     let cluster = backends.cluster(&node);
     let mut registry = node.metrics.registry();
     let broker_metrics = crate::http::ops::BrokerMetrics::register(&mut registry);
+    if cfg.otel.enabled() {
+        crate::otel::register(&mut registry);
+    }
     let text_channel = if cfg.text_channel.is_empty() {
         None
     } else {

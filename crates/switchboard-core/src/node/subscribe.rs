@@ -36,7 +36,9 @@ impl Node {
     /// A publication from the broker, through its channel's streams.
     pub(super) fn deliver_publication(&self, publication: &Arc<Publication>) {
         let start = std::time::Instant::now();
-        let (out, gaps) = self.hub.publication(publication);
+        let span = crate::trace::delivery_span(publication);
+        let (out, gaps) = self.hub.publication(publication, !span.is_disabled());
+        crate::trace::record_delivery(&span, out.delivered, out.first_queued);
         self.account(out, Some(start));
         for key in gaps {
             self.schedule_fill(publication.channel.clone(), key, REORDER_WINDOW);

@@ -173,6 +173,9 @@ impl Broker for Tapped {
     async fn control(&self, message: ControlMessage) -> Result<(), BrokerError> {
         self.inner.control(message).await
     }
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
     async fn history(
         &self,
         channel: &ChannelName,

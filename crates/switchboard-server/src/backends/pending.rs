@@ -184,6 +184,10 @@ impl Broker for LazyBroker {
             },
         }
     }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
 }
 
 pub struct LazyPresence(pub Arc<Pending>);

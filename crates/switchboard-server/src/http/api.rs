@@ -18,8 +18,10 @@ use http_body_util::BodyExt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use switchboard_core::node::history_result;
+use switchboard_core::trace::int;
 use switchboard_core::{CommandError, Disconnect, HistoryQuery};
 use switchboard_protocol::{ChannelName, ErrorCode, IdempotencyKey, StreamPosition};
+use tracing::{Instrument as _, Span};
 
 use super::{SharedState, error, json_response, unavailable};
 use crate::auth::api_key_matches;
@@ -172,7 +174,15 @@ fn position_json(pos: &StreamPosition) -> serde_json::Value {
     serde_json::json!({"offset": pos.offset, "epoch": pos.epoch})
 }
 
+/// `POST /api/publish`, traced as `api.publish` when `[otel]` is on.
 pub async fn publish(State(st): State<SharedState>, req: Request) -> Response {
+    let span = crate::otel::publish_span(req.headers());
+    let response = publish_one(&st, req, &span).instrument(span.clone()).await;
+    crate::otel::record_status(&span, response.status());
+    response
+}
+
+async fn publish_one(st: &SharedState, req: Request, span: &Span) -> Response {
     let body: PublishBody = match read_json(req.into_body(), st.cfg.api.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -189,8 +199,17 @@ pub async fn publish(State(st): State<SharedState>, req: Request) -> Response {
         Ok(d) => d,
         Err(r) => return r,
     };
+    if !span.is_disabled() {
+        span.record("channel", channel.as_str());
+        span.record("namespace", channel.namespace());
+        span.record("bytes", int(data.len()));
+        span.record("idempotent", key.is_some());
+    }
     match st.node.publish(&channel, data, None, key).await {
-        Ok(pos) => json_response(StatusCode::OK, position_json(&pos).to_string()),
+        Ok(pos) => {
+            span.record("offset", int(pos.offset));
+            json_response(StatusCode::OK, position_json(&pos).to_string())
+        }
         Err(e) => command_error(e),
     }
 }
@@ -212,6 +231,15 @@ pub struct BroadcastBody {
 /// partial answer in ARCHITECTURE.md "Departures"). Every name is checked
 /// before anything is published.
 pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response {
+    let span = crate::otel::broadcast_span(req.headers());
+    let response = broadcast_all(&st, req, &span)
+        .instrument(span.clone())
+        .await;
+    crate::otel::record_status(&span, response.status());
+    response
+}
+
+async fn broadcast_all(st: &SharedState, req: Request, span: &Span) -> Response {
     let body: BroadcastBody = match read_json(req.into_body(), st.cfg.api.max_body_bytes).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -231,6 +259,11 @@ pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response 
         Ok(d) => d,
         Err(r) => return r,
     };
+    if !span.is_disabled() {
+        span.record("channels", int(channels.len()));
+        span.record("bytes", int(data.len()));
+        span.record("idempotent", key.is_some());
+    }
     let mut results = Vec::with_capacity(channels.len());
     let mut failed: Vec<CommandError> = Vec::new();
     for channel in channels {
@@ -252,6 +285,7 @@ pub async fn broadcast(State(st): State<SharedState>, req: Request) -> Response 
         }
     }
     let total = results.len();
+    span.record("failed", int(failed.len()));
     let Some(first) = failed.first() else {
         return json_response(
             StatusCode::OK,
