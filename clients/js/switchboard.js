@@ -572,7 +572,9 @@ export class Switchboard {
    * @returns {Promise<{acked: number}>}
    */
   async ack(channel, offset) {
-    const result = await this._command('ack', { channel, offset });
+    const result = this._transport === 'sse' && this._state === 'connected'
+      ? await this._sseAck(channel, offset)
+      : await this._command('ack', { channel, offset });
     const box = this.inbox;
     if (box && box.channel === channel && typeof result?.acked === 'number' && result.acked > box.acked) {
       box.acked = result.acked;
@@ -583,6 +585,24 @@ export class Switchboard {
       }
     }
     return result;
+  }
+
+  /** Over server-sent events an ack is `POST /sse/ack?device=` with the stream's token (§11). */
+  async _sseAck(channel, offset) {
+    if (!this.device) throw new SwitchboardError('bad_request', 'an ack needs a device (options.device)');
+    const u = new URL(this._buildSseUrl(this._usedToken ?? this._token));
+    u.pathname = `${u.pathname.replace(/\/$/, '')}/ack`;
+    u.searchParams.delete('channel');
+    const fetchFn = this._fetch; // called unbound: a browser's fetch refuses another `this`
+    const res = await fetchFn(u.toString(), {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ channel, offset }),
+    });
+    let body = null;
+    try { body = await res.json(); } catch { /* not JSON */ }
+    if (!res.ok) throw errorFromReply(body?.error ?? { code: 'transport', message: `ack refused: ${res.status}` });
+    return body;
   }
 
   /** Publications of this device's inbox it has not acknowledged (0 without an inbox). */
@@ -802,6 +822,7 @@ export class Switchboard {
       : sseUrlFor(this.url, base);
     for (const channel of this._subs.keys()) u.searchParams.append('channel', channel);
     if (token) u.searchParams.set('token', token);
+    if (this.device) u.searchParams.set('device', this.device);
     return u.toString();
   }
 

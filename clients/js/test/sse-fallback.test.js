@@ -11,7 +11,7 @@ import { Switchboard } from '../switchboard.js';
 import { parseEventId, renderEventId, sseUrlFor } from '../sse.js';
 import { waitFor } from '../testing/mock-server.js';
 import {
-  BASE_CONFIG, apiPublish, mintToken, startSwitchboard, switchboardBin, workDir,
+  API_KEY, BASE_CONFIG, apiPublish, mintToken, startSwitchboard, switchboardBin, workDir,
 } from '../testing/real-server.js';
 
 const bin = switchboardBin();
@@ -145,6 +145,43 @@ path = "data/history.db"
       await new Promise((r) => setTimeout(r, 100)); // room for a duplicate to show up
       assert.deepEqual(got.map((p) => p.data.n), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
       assert.deepEqual(got.map((p) => p.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    } finally {
+      c.disconnect();
+      await proxy.close();
+      await server.stop();
+      work.cleanup();
+    }
+  });
+
+  it('acknowledges its inbox over SSE with POST /sse/ack (PROTOCOL §11)', async () => {
+    const CONFIG = BASE_CONFIG.replace(
+      'name = "user"\nhistory_size = 100\nhistory_ttl = "10m"',
+      'name = "user"\nhistory_size = 100\nhistory_ttl = "10m"\ninbox = true',
+    );
+    const work = workDir();
+    const server = await startSwitchboard(bin, work.dir, CONFIG);
+    const proxy = await noWebSocketProxy(() => server.addr);
+    const c = new Switchboard(`ws://127.0.0.1:${proxy.port}/ws`, {
+      ...FAST, token: mintToken(bin, 'gail'), device: 'kiosk',
+    });
+    try {
+      const got = [];
+      c.on('pub', (p) => { if (p.channel === 'user:gail') got.push(p); });
+      c.connect();
+      await waitFor(() => c.state === 'connected', { timeout: 10_000, what: 'connected over SSE' });
+      assert.equal(c.transport, 'sse');
+      for (let n = 1; n <= 3; n++) await apiPublish(server, 'user:gail', { n });
+      await waitFor(() => got.length === 3, { what: 'three inbox publications' });
+      assert.deepEqual(await c.ack('user:gail', 2), { acked: 2 });
+      assert.deepEqual(await c.ack('user:gail', 1), { acked: 2 }, 'cursors only move forward');
+      await assert.rejects(c.ack('user:gail', 99), (e) => e.code === 'bad_request');
+      const res = await fetch(`http://${server.addr}/api/inbox/gail`, {
+        headers: { Authorization: `Bearer ${API_KEY}` },
+      });
+      const report = await res.json();
+      const kiosk = report.devices.find((d) => d.device === 'kiosk');
+      assert.equal(kiosk.acked, 2, JSON.stringify(report));
+      assert.equal(kiosk.unread, 1);
     } finally {
       c.disconnect();
       await proxy.close();

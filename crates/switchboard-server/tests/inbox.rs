@@ -262,6 +262,89 @@ async fn acks_only_move_forward_and_bad_ones_are_refused() {
     assert_eq!(unauth.status, 401);
 }
 
+/// A device on server-sent events acks through `POST /sse/ack` with its own
+/// token and `?device=`, under the `ack` op's rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_on_sse_acks_through_post_sse_ack() {
+    let server = TestServer::start(inbox_config()).await;
+    let addr = server.addr;
+    for seq in 0..3 {
+        publish(addr, seq).await;
+    }
+    let alice = format!("Bearer {}", token("alice", 600, &[]));
+    let post = |path: &'static str, auth: String, body: &'static str| async move {
+        http(addr, "POST", path, &[("Authorization", &auth)], Some(body)).await
+    };
+    let r = post(
+        "/sse/ack?device=tablet",
+        alice.clone(),
+        r#"{"channel":"user:alice","offset":2}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["acked"], 2);
+    // Forward only: an older offset leaves it at 2.
+    let r = post(
+        "/sse/ack?device=tablet",
+        alice.clone(),
+        r#"{"channel":"user:alice","offset":1}"#,
+    )
+    .await;
+    assert_eq!(r.json()["acked"], 2, "{}", r.body);
+    let report = api(addr, "GET", "/api/inbox/alice", None).await.json();
+    assert_eq!(device_row(&report, "tablet")["acked"], 2);
+    assert_eq!(device_row(&report, "tablet")["unread"], 1);
+    // Refusals, each a status and the contract's error body.
+    for (path, auth, body, status, code) in [
+        (
+            "/sse/ack?device=tablet",
+            alice.clone(),
+            r#"{"channel":"user:alice","offset":99}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/sse/ack",
+            alice.clone(),
+            r#"{"channel":"user:alice","offset":1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/sse/ack?device=tablet",
+            alice.clone(),
+            r#"{"channel":"user:bob","offset":1}"#,
+            403,
+            "forbidden",
+        ),
+        (
+            "/sse/ack?device=tablet",
+            alice.clone(),
+            r#"{"channel":"chat:lobby","offset":1}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/sse/ack?device=tablet",
+            alice.clone(),
+            r#"{"channel":"user:alice"}"#,
+            400,
+            "bad_request",
+        ),
+        (
+            "/sse/ack?device=tablet",
+            "Bearer nonsense".to_string(),
+            r#"{"channel":"user:alice","offset":1}"#,
+            401,
+            "unauthorized",
+        ),
+    ] {
+        let r = post(path, auth, body).await;
+        assert_eq!(r.status, status, "{path} {body}: {}", r.body);
+        assert_eq!(r.error_code(), code, "{path} {body}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_inbox_namespace_there_is_no_inbox() {
     let server = TestServer::start(config()).await;

@@ -30,9 +30,10 @@ const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// Routes the router serves that the spec leaves out on purpose: the
-/// client endpoints `/ws` and `/sse` (PROTOCOL.md), the JS SDK's files and the
+/// client endpoints `/ws`, `/sse` and `/sse/ack` (PROTOCOL.md, a client's token, not
+/// the API key), the JS SDK's files and the
 /// development-only demo page.
-const NOT_IN_SPEC: &[&str] = &["/ws", "/sse", "/sdk/{file}", "/", "/dev/token"];
+const NOT_IN_SPEC: &[&str] = &["/ws", "/sse", "/sse/ack", "/sdk/{file}", "/", "/dev/token"];
 
 /// Documented answers no sample call can produce against an in-memory node
 /// (a 503 under a flood is checked by `hostile_edges.rs`).

@@ -55,21 +55,13 @@ pub async fn admit(
             return Err(Box::new(r));
         }
     }
-    let mut origins = headers.get_all(header::ORIGIN).iter();
-    if let Some(origin) = origins.next() {
-        // Two `Origin` headers are not a well-formed request.
-        let ok = origins.next().is_none()
-            && origin
-                .to_str()
-                .is_ok_and(|o| origin_allowed(&st.cfg.ws.allowed_origins, o));
-        if !ok {
-            reject("origin");
-            return Err(Box::new(error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "origin not allowed",
-            )));
-        }
+    if !origin_ok(st, headers) {
+        reject("origin");
+        return Err(Box::new(error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "origin not allowed",
+        )));
     }
     let claims = match extract_token(headers, query, &st.cfg.auth.cookie_name)
         .ok_or(AuthError::Missing)
@@ -146,7 +138,22 @@ pub async fn admit(
 }
 
 /// The `device` query parameter (PROTOCOL §10): `[A-Za-z0-9_-]{1,64}`, once.
-fn device_param(query: Option<&str>) -> Result<Option<String>, &'static str> {
+/// No `Origin`, or one the allowlist admits (`[ws] allowed_origins`).
+pub(crate) fn origin_ok(st: &SharedState, headers: &HeaderMap) -> bool {
+    let mut origins = headers.get_all(header::ORIGIN).iter();
+    match origins.next() {
+        None => true,
+        // Two `Origin` headers are not a well-formed request.
+        Some(origin) => {
+            origins.next().is_none()
+                && origin
+                    .to_str()
+                    .is_ok_and(|o| origin_allowed(&st.cfg.ws.allowed_origins, o))
+        }
+    }
+}
+
+pub(crate) fn device_param(query: Option<&str>) -> Result<Option<String>, &'static str> {
     let mut found = None;
     for pair in query.unwrap_or("").split('&') {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));

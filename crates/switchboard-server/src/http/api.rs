@@ -131,7 +131,7 @@ fn parse_channel(name: &str) -> Result<ChannelName, Response> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()))
 }
 
-pub(super) fn command_error(e: CommandError) -> Response {
+pub(crate) fn command_error(e: CommandError) -> Response {
     match e.code {
         c if is_retryable(c) => unavailable(api_code(c), &e.message, 1),
         ErrorCode::Forbidden => error(StatusCode::FORBIDDEN, "forbidden", &e.message),

@@ -101,6 +101,7 @@ pub fn router(state: SharedState) -> Router {
     let mut r = Router::new()
         .route("/ws", get(ws::upgrade).fallback(ws::upgrade))
         .route("/sse", get(crate::sse::open))
+        .route("/sse/ack", post(crate::sse::ack::ack))
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -10,6 +10,7 @@
 //! slow-consumer bound as a WebSocket one); its channels are joined with
 //! `subscribe` and `since`, the recovery path every client uses.
 
+pub mod ack;
 pub mod event_id;
 
 mod encode;
