@@ -292,7 +292,9 @@ async fn check_config_reports_the_database_and_its_migrations() {
     let (ok, text) = blocking(move || check_config(&c)).await;
     assert!(ok, "{text}");
     assert!(
-        text.contains("pending migrations") && text.contains("1 history"),
+        text.contains("pending migrations")
+            && text.contains("1 history")
+            && text.contains("2 cursors"),
         "{text}"
     );
     assert!(!text.contains("hunter2secret"), "password printed: {text}");
@@ -304,7 +306,7 @@ async fn check_config_reports_the_database_and_its_migrations() {
     let (ok, text) = blocking(move || check_config(&c)).await;
     assert!(ok, "{text}");
     assert!(
-        text.contains("schema version 1") && !text.contains("pending"),
+        text.contains("schema version 2") && !text.contains("pending"),
         "{text}"
     );
 
