@@ -147,6 +147,7 @@ export class Switchboard {
     this._sseUrl = options.sseUrl ?? null;
     /** @type {Transport} */ this._transport = 'websocket';
     this._preferSse = false;    // the last WebSocket could not open: try SSE next
+    this._wsProbe = null;       // on SSE: a WebSocket tried beside it, to go back if it opens
     this._welcomed = false;     // the current WebSocket got its welcome
     this._wsOpened = false;     // the current WebSocket opened
     this._sse = null;           // AbortController of the current event stream
@@ -839,6 +840,34 @@ export class Switchboard {
     const ctrl = this._sse;
     this._sse = null;
     if (ctrl) { try { ctrl.abort(); } catch { /* ignore */ } }
+    const probe = this._wsProbe;
+    this._wsProbe = null;
+    if (probe) { try { probe.close(1000); } catch { /* ignore */ } }
+  }
+
+  /**
+   * On SSE after a WebSocket that could not open, one WebSocket is tried beside the stream:
+   * if it opens, the server was only away (a restart) rather than behind a proxy that refuses
+   * upgrades, and the client goes back to the WebSocket, resuming its channels with `since`.
+   */
+  _probeWebSocket(token) {
+    if (this._wsProbe || typeof this._WebSocket !== 'function') return;
+    let probe;
+    try { probe = new this._WebSocket(this._buildUrl(token)); } catch { return; }
+    this._wsProbe = probe;
+    const done = (opened) => {
+      if (this._wsProbe !== probe) return;
+      this._wsProbe = null;
+      try { probe.close(1000); } catch { /* ignore */ }
+      if (opened && this._transport === 'sse' && this._sse && this._wanted) {
+        this._preferSse = false;
+        this._closeSse();
+        this._open(false);
+      }
+    };
+    probe.onopen = () => done(true);
+    probe.onerror = () => {};
+    probe.onclose = () => done(false);
   }
 
   /** A new stream for a changed set of channels, resuming the others where they are. */
@@ -862,6 +891,7 @@ export class Switchboard {
         if (this._sse !== ctrl) return;
         opened = true;
         this._attempt = 0;
+        if (this._preferSse) this._probeWebSocket(token);
         // Commands waiting for the connection cannot be sent over this transport.
         for (const [id, entry] of this._pending) {
           this._pending.delete(id);

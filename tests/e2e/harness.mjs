@@ -61,6 +61,7 @@ export function startDevServer(dir, port = 0) {
       SWITCHBOARD_API_KEY: API_KEY,
       SWITCHBOARD_HISTORY_STORE: 'file',
       SWITCHBOARD_HISTORY_PATH: path.join(dir, 'history.db'),
+      SWITCHBOARD_SHUTDOWN_READY_GRACE: '0s',
     },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
