@@ -9,7 +9,7 @@ import http from 'node:http';
 import WebSocket from 'ws';
 import { Switchboard } from '../switchboard.js';
 import { parseEventId, renderEventId, sseUrlFor } from '../sse.js';
-import { waitFor } from '../testing/mock-server.js';
+import { startServer, waitFor } from '../testing/mock-server.js';
 import {
   API_KEY, BASE_CONFIG, apiPublish, mintToken, startSwitchboard, switchboardBin, workDir,
 } from '../testing/real-server.js';
@@ -94,6 +94,42 @@ describe('recovered publications over server-sent events', () => {
       assert.equal(c.transport, 'sse');
     } finally {
       c.disconnect();
+    }
+  });
+});
+
+describe('back to the WebSocket', () => {
+  it('after SSE took over from a WebSocket that could not open, one that opens wins', async () => {
+    const server = await startServer();
+    let made = 0;
+    // The first WebSocket finds the server away (a restart); later ones reach it.
+    class ComesBack {
+      constructor(url) {
+        made++;
+        return made === 1 ? new RefusedWebSocket() : new WebSocket(url);
+      }
+    }
+    let aborted = false;
+    const fetchImpl = async (_url, { signal }) => {
+      signal.addEventListener('abort', () => { aborted = true; });
+      return eventStream(': ping\n\n', false, signal);
+    };
+    const c = new Switchboard(server.url, {
+      token: 'alice', WebSocket: ComesBack, fetch: fetchImpl, device: null,
+      minReconnectDelay: 10, maxReconnectDelay: 20,
+    });
+    const transports = [];
+    c.on('state', (s, _prev, info) => transports.push(`${s}:${info.transport}`));
+    try {
+      c.connect();
+      await waitFor(() => c.transport === 'websocket' && c.state === 'connected' && server.conns.length >= 2,
+        { timeout: 5000, what: 'back on the WebSocket' });
+      assert.ok(transports.includes('connected:sse'), `went through SSE: ${transports}`);
+      assert.ok(aborted, 'the event stream was closed');
+      assert.equal(c.readOnly, false);
+    } finally {
+      c.disconnect();
+      await server.close();
     }
   });
 });
