@@ -139,24 +139,39 @@ impl Node {
         channel: &ChannelName,
         offset: u64,
     ) -> Result<Bytes, CommandError> {
-        let policy = self.opts.namespaces.policy(channel);
-        if !policy.inbox {
+        let device = client.claims().device.clone();
+        let now = self
+            .ack_as(&client.user, device.as_deref(), channel, offset)
+            .await?;
+        json(&serde_json::json!({ "acked": now }))
+    }
+
+    /// An ack by `user`'s `device`, whatever carried it (the `ack` op, or
+    /// `POST /sse/ack`): its own inbox only, then [`Node::cursor_ack`].
+    /// Returns where the cursor stands.
+    pub async fn ack_as(
+        &self,
+        user: &str,
+        device: Option<&str>,
+        channel: &ChannelName,
+        offset: u64,
+    ) -> Result<u64, CommandError> {
+        if !self.opts.namespaces.policy(channel).inbox {
             return Err(CommandError::new(
                 ErrorCode::BadRequest,
                 "the channel is not an inbox",
             ));
         }
-        if channel.personal_owner() != Some(&*client.user) {
+        if channel.personal_owner() != Some(user) {
             return Err(CommandError::forbidden());
         }
-        let Some(device) = client.claims().device.clone() else {
+        let Some(device) = device else {
             return Err(CommandError::new(
                 ErrorCode::BadRequest,
-                "this connection has no device: connect with /ws?device=<id>",
+                "no device: connect with ?device=<id>",
             ));
         };
-        let now = self.cursor_ack(channel, &device, offset).await?;
-        json(&serde_json::json!({ "acked": now }))
+        self.cursor_ack(channel, device, offset).await
     }
 
     /// Advances `device`'s cursor of `channel` to `offset` of the channel's

@@ -45,8 +45,7 @@ pub async fn ack(State(st): State<SharedState>, req: Request) -> Response {
         Err(e) => return error(StatusCode::UNAUTHORIZED, "unauthorized", &e.to_string()),
     };
     let device = match device_param(query) {
-        Ok(Some(d)) => d,
-        Ok(None) => return bad_request("an ack names its device: POST /sse/ack?device=<id>"),
+        Ok(d) => d,
         Err(message) => return bad_request(message),
     };
     let bytes: Bytes = match axum::body::to_bytes(body, MAX_BODY).await {
@@ -67,18 +66,11 @@ pub async fn ack(State(st): State<SharedState>, req: Request) -> Response {
         Ok(c) => c,
         Err(e) => return bad_request(&e.to_string()),
     };
-    let node = &st.node;
-    if !node.opts.namespaces.policy(&channel).inbox {
-        return bad_request("the channel is not an inbox");
-    }
-    if channel.personal_owner() != Some(claims.sub.as_str()) {
-        return error(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "a device acknowledges its own user's inbox only",
-        );
-    }
-    match node.cursor_ack(&channel, &device, body.offset).await {
+    match st
+        .node
+        .ack_as(&claims.sub, device.as_deref(), &channel, body.offset)
+        .await
+    {
         Ok(acked) => json_response(
             StatusCode::OK,
             serde_json::json!({ "acked": acked }).to_string(),
